@@ -1,0 +1,62 @@
+"""Calibration: ranges for PTQ, and the initial LSQ step sizes for QAT."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from tqdm import tqdm
+
+from compressor.errors import ConfigError
+from compressor.quant.model import QuantizedModel
+from compressor.quant.quantizers import ActivationQuantizer, mse_range
+
+
+@torch.no_grad()
+def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor | tuple], method: str | None = None,
+              progress: bool = False) -> QuantizedModel:
+    """Observe float activations on ``batches`` and set every quantizer's range.
+
+    ``method`` is 'minmax' (EMA of per-batch min/max) or 'mse' (the clipping
+    that minimises the quantization MSE on the observed values); default from
+    the model's QuantConfig. Weights get per-channel max|w| or MSE-optimal
+    steps. Leaves the model in 'quantize' mode.
+    """
+    method = method or qmodel.config.calibration
+    if method not in ("minmax", "mse"):
+        raise ConfigError(f"unknown calibration method {method!r}; expected 'minmax' or 'mse'")
+    qmodel.set_mode("observe")
+    seen = 0
+    for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
+        args = batch if isinstance(batch, (tuple, list)) else (batch,)
+        qmodel(*args)
+        seen += 1
+    if seen == 0:
+        raise ConfigError("calibration got no batches")
+    for name, q in qmodel.activation_quantizers().items():
+        if not isinstance(q, ActivationQuantizer):
+            continue
+        if not q.observed:
+            raise ConfigError(f"quantizer {name} saw no data during calibration")
+        lo, hi = float(q.running_min), float(q.running_max)
+        if method == "mse":
+            lo, hi = mse_range(q.observed_samples(), lo, hi, q.qmin, q.qmax)
+        q.set_range(lo, hi)
+    params = dict(qmodel.graph_module.named_parameters())
+    by_safe_name = {k.replace(".", "_"): p for k, p in params.items()}
+    for name, wq in qmodel.weight_quantizers().items():
+        weight = by_safe_name.get(name[2:])
+        if weight is None:
+            weight = _buffer(qmodel, name[2:])
+        wq.set_scale_from(weight, method)
+    qmodel.set_mode("quantize")
+    return qmodel
+
+
+def _buffer(qmodel: QuantizedModel, safe_name: str) -> torch.Tensor:
+    for k, b in qmodel.graph_module.named_buffers():
+        if k.replace(".", "_") == safe_name:
+            return b
+    for k in dir(qmodel.graph_module):
+        if k.replace(".", "_") == safe_name:
+            return getattr(qmodel.graph_module, k)
+    raise ConfigError(f"no tensor found for quantizer of {safe_name}")

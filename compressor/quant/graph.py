@@ -1,0 +1,275 @@
+"""``quantize()``: trace a float model with torch.export and insert quantizers.
+
+Two passes over the traced graph. The first decides, for every float tensor
+the graph computes, which quantizer "group" it belongs to (data-movement ops
+inherit their input's group, concat unites its inputs' groups, ReLU absorbs
+its producer's). The second creates one module per group and inserts a call
+after every node that makes new values, one per weight, one per bias.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from compressor.errors import UnsupportedOpError
+from compressor.quant.config import QuantConfig
+from compressor.quant.ops import REFUSED_HINTS, OpRule, op_name, rule_for
+from compressor.quant.quantizers import (
+    ActivationQuantizer,
+    BiasQuantizer,
+    FixedQParamsQuantizer,
+    WeightQuantizer,
+)
+
+QUANTIZER_ROOT = "quantizers"
+
+
+@dataclass
+class _Group:
+    """Tensors that share one activation quantizer."""
+
+    name: str
+    fixed: str | None = None
+    sites: list[fx.Node] = field(default_factory=list)
+    parent: "_Group | None" = None
+
+    def root(self) -> "_Group":
+        g = self
+        while g.parent is not None:
+            g = g.parent
+        return g
+
+
+def _is_float_tensor(node: Any) -> bool:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    if isinstance(val, (list, tuple)):
+        return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in val)
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+def source_location(node: fx.Node) -> str:
+    """'file.py:LINE: code' of the user's line that produced ``node``."""
+    trace = node.meta.get("stack_trace") or ""
+    where = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', trace)
+    if not where:
+        return "unknown source line"
+    path, line, code = where[-1]
+    return f"{path}:{line}: {code.strip()}"
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+
+    def visit(a: Any) -> None:
+        if isinstance(a, fx.Node):
+            if _is_float_tensor(a):
+                found.append(a)
+        elif isinstance(a, (list, tuple)):
+            for item in a:
+                visit(item)
+
+    for a in list(node.args) + list(node.kwargs.values()):
+        visit(a)
+    return found
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+class _Planner:
+    def __init__(self, gm: fx.GraphModule, config: QuantConfig) -> None:
+        self.gm = gm
+        self.config = config
+        self.group_of: dict[fx.Node, _Group] = {}
+        self.groups: list[_Group] = []
+        self.weights: dict[tuple[fx.Node, fx.Node], int | None] = {}  # (op, weight) -> axis
+        self.biases: dict[fx.Node, fx.Node] = {}  # op -> bias node
+        self.constants: set[fx.Node] = set()  # get_attr nodes used as data
+        self.unsupported: list[str] = []
+        self.params = dict(gm.named_parameters())
+        self.params.update(dict(gm.named_buffers()))
+
+    def new_group(self, site: fx.Node, fixed: str | None = None) -> _Group:
+        group = _Group(name=f"act_{_safe(site.name)}", fixed=fixed, sites=[site])
+        self.groups.append(group)
+        self.group_of[site] = group
+        return group
+
+    def unite(self, groups: list[_Group]) -> _Group:
+        roots = list(dict.fromkeys(g.root() for g in groups))
+        keep = next((r for r in roots if r.fixed), roots[0])
+        for r in roots:
+            if r is not keep:
+                r.parent = keep
+                keep.sites.extend(r.sites)
+                r.sites = []
+        return keep
+
+    def plan(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder" and _is_float_tensor(node):
+                self.new_group(node)
+            elif node.op == "get_attr" and _is_float_tensor(node):
+                pass  # decided by its consumer
+            elif node.op == "call_function":
+                self.plan_call(node)
+        if self.unsupported:
+            listing = "\n  ".join(self.unsupported)
+            raise UnsupportedOpError(
+                f"quantize() cannot quantize {len(self.unsupported)} op(s); a float island is not allowed:\n  {listing}"
+            )
+
+    def plan_call(self, node: fx.Node) -> None:
+        if not _is_float_tensor(node):
+            return  # shapes, masks, indices: nothing to quantize
+        rule = rule_for(node.target)
+        if rule is None:
+            hint = REFUSED_HINTS.get(node.target, "no int8 form is known for it")
+            self.unsupported.append(f"{op_name(node.target)} ({node.name}) at {source_location(node)} — {hint}")
+            return
+        inputs = _tensor_inputs(node)
+        if rule.kind == "weighted":
+            self.plan_weighted(node, rule)
+        else:
+            for inp in inputs:
+                if inp.op == "get_attr":
+                    self.constants.add(inp)
+        if rule.kind in ("move",):
+            src = inputs[0] if inputs else None
+            if src is not None and src.op == "get_attr":
+                return  # a reshaped constant: quantized where it is used
+            self.group_of[node] = self.group_of.get(src) or self.new_group(node)
+            return
+        if rule.kind == "shared":
+            members = [self.group_of[i] for i in inputs if i in self.group_of]
+            self.group_of[node] = self.unite(members) if members else self.new_group(node)
+            return
+        if rule.kind == "fixed":
+            self.new_group(node, fixed=rule.fixed)
+            return
+        if rule.kind == "relu" and self.config.fuse_relu and inputs:
+            producer = inputs[0]
+            group = self.group_of.get(producer)
+            if (
+                group is not None
+                and len(producer.users) == 1
+                and producer.op == "call_function"
+                and rule_for(producer.target) is not None
+                and rule_for(producer.target).kind in ("weighted", "compute")
+                and group.root().sites == [producer]
+            ):
+                group.root().sites = [node]
+                self.group_of[node] = group.root()
+                del self.group_of[producer]
+                return
+        self.new_group(node)
+
+    def plan_weighted(self, node: fx.Node, rule: OpRule) -> None:
+        weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+            # A weight computed at run time (e.g. F.conv1d(x, f(w))) is an
+            # activation: it already has a group from its producer.
+            return
+        groups = 1
+        if node.target in (torch.ops.aten.conv_transpose1d.default, torch.ops.aten.conv_transpose2d.input):
+            groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+        axis = rule.weight_axis if (self.config.per_channel and groups == 1) else None
+        self.weights[(node, weight)] = axis
+        if isinstance(bias, fx.Node) and bias.op == "get_attr":
+            self.biases[node] = bias
+
+
+def _insert_after(graph: fx.Graph, node: fx.Node, target: str) -> fx.Node:
+    with graph.inserting_after(node):
+        q = graph.call_module(target, (node,))
+    node.replace_all_uses_with(q, delete_user_cb=lambda user: user is not q)
+    return q
+
+
+def _module(gm: fx.GraphModule, name: str) -> nn.Module:
+    return gm.get_submodule(f"{QUANTIZER_ROOT}.{name}")
+
+
+def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]:
+    """Rewrite ``gm`` in place; returns a summary of what was inserted."""
+    planner = _Planner(gm, config)
+    planner.plan()
+    graph = gm.graph
+    root = nn.Module()
+    gm.add_module(QUANTIZER_ROOT, root)
+    bits = config.activation_bits
+
+    act_module: dict[int, str] = {}
+    for group in planner.groups:
+        if group.parent is not None or not group.sites:
+            continue
+        if group.fixed:
+            mod: nn.Module = FixedQParamsQuantizer(group.fixed, bits)
+        else:
+            mod = ActivationQuantizer(bits, config.learn_zero_point, config.ema_decay)
+        root.add_module(group.name, mod)
+        act_module[id(group)] = group.name
+        for site in group.sites:
+            _insert_after(graph, site, f"{QUANTIZER_ROOT}.{group.name}")
+
+    weight_module: dict[str, str] = {}
+    for (op, weight), axis in planner.weights.items():
+        name = f"w_{_safe(weight.target)}"
+        if name not in weight_module:
+            root.add_module(name, WeightQuantizer(planner.params[weight.target], config.weight_bits, axis))
+            weight_module[name] = name
+        with graph.inserting_before(op):
+            q = graph.call_module(f"{QUANTIZER_ROOT}.{name}", (weight,))
+        op.replace_input_with(weight, q)
+
+    for op, bias in planner.biases.items():
+        weight = op.args[1].args[0] if isinstance(op.args[1], fx.Node) else None
+        x = op.args[0]
+        src_group = planner.group_of.get(_strip_quant(x))
+        if src_group is None or weight is None:
+            continue  # input not on an int8 grid (cannot happen for a planned graph)
+        in_q = _module(gm, src_group.root().name)
+        w_q = _module(gm, f"w_{_safe(weight.target)}")
+        name = f"b_{_safe(bias.target)}_{_safe(op.name)}"
+        root.add_module(name, BiasQuantizer(in_q, w_q))
+        with graph.inserting_before(op):
+            q = graph.call_module(f"{QUANTIZER_ROOT}.{name}", (bias,))
+        op.replace_input_with(bias, q)
+
+    const_count = 0
+    for const in planner.constants:
+        tensor = _get_attr_value(gm, const.target)
+        name = f"c_{_safe(const.target)}"
+        root.add_module(name, WeightQuantizer(tensor, config.weight_bits, axis=None))
+        q = _insert_after(graph, const, f"{QUANTIZER_ROOT}.{name}")
+        const_count += 1
+        del q
+
+    graph.lint()
+    gm.recompile()
+    return {
+        "activation_quantizers": len(act_module),
+        "weight_quantizers": len(weight_module),
+        "bias_quantizers": len(planner.biases),
+        "constant_quantizers": const_count,
+    }
+
+
+def _strip_quant(node: Any) -> Any:
+    """The node a quantizer call wraps (inputs were rewired to quantizer calls)."""
+    while isinstance(node, fx.Node) and node.op == "call_module" and str(node.target).startswith(QUANTIZER_ROOT):
+        node = node.args[0]
+    return node
+
+
+def _get_attr_value(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,132 @@
+"""The quantized model: a traced graph with quantizer modules, and ``quantize()``."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from compressor.errors import UnsupportedOpError
+from compressor.quant.config import QuantConfig
+from compressor.quant.graph import QUANTIZER_ROOT, insert_quantizers
+from compressor.quant.quantizers import (
+    ActivationQuantizer,
+    BiasQuantizer,
+    FixedQParamsQuantizer,
+    WeightQuantizer,
+)
+
+log = logging.getLogger("compressor.quant")
+
+
+class QuantizedModel(nn.Module):
+    """A float model traced by torch.export, with every tensor quantized.
+
+    ``graph_module`` computes the simulation of the int8 model. Exported
+    graphs refuse ``train()``/``eval()``, so mode switches reach only the
+    quantizers; the traced graph itself was captured in eval mode.
+    """
+
+    def __init__(self, graph_module: torch.fx.GraphModule, config: QuantConfig,
+                 example_shapes: list[list[int]], summary: dict[str, Any]) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+        self.config = config
+        self.example_shapes = example_shapes
+        self.summary = summary
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.graph_module(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "QuantizedModel":
+        self.training = mode
+        for q in self.quantizers().values():
+            q.train(mode)
+        return self
+
+    def quantizers(self) -> dict[str, nn.Module]:
+        root = self.graph_module.get_submodule(QUANTIZER_ROOT)
+        return dict(root.named_children())
+
+    def activation_quantizers(self) -> dict[str, nn.Module]:
+        return {k: q for k, q in self.quantizers().items()
+                if isinstance(q, (ActivationQuantizer, FixedQParamsQuantizer))}
+
+    def weight_quantizers(self) -> dict[str, WeightQuantizer]:
+        return {k: q for k, q in self.quantizers().items() if isinstance(q, WeightQuantizer)}
+
+    def set_mode(self, mode: str) -> None:
+        """'quantize' (simulation), 'observe' (calibration) or 'float'."""
+        for q in self.quantizers().values():
+            if not isinstance(q, BiasQuantizer):
+                q.set_mode(mode)
+
+    def quantizer_parameters(self) -> Iterator[nn.Parameter]:
+        for q in self.quantizers().values():
+            yield from q.parameters(recurse=False)
+
+    def model_parameters(self) -> Iterator[nn.Parameter]:
+        qids = {id(p) for p in self.quantizer_parameters()}
+        for p in self.parameters():
+            if id(p) not in qids:
+                yield p
+
+    def quantized_weights(self) -> dict[str, torch.Tensor]:
+        """Each weight as the deployed model holds it (after fake quantization)."""
+        out = {}
+        params = dict(self.graph_module.named_parameters())
+        for name, q in self.weight_quantizers().items():
+            target = name[2:]
+            match = next((p for k, p in params.items() if k.replace(".", "_") == target), None)
+            if match is not None:
+                with torch.no_grad():
+                    out[name] = q(match)
+        return out
+
+
+def _default_dynamic_shapes(example_inputs: Sequence[torch.Tensor]) -> tuple:
+    return tuple({i: torch.export.Dim.AUTO for i in range(t.dim())} for t in example_inputs)
+
+
+def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
+          dynamic_shapes: Any = "auto") -> torch.fx.GraphModule:
+    """torch.export the model in eval mode; every axis of every input may vary."""
+    if isinstance(model, QuantizedModel):
+        raise UnsupportedOpError("the model is already quantized")
+    was_training = model.training
+    try:
+        model.eval()
+    except NotImplementedError:
+        pass  # an exported GraphModule: already traced in eval mode
+    if dynamic_shapes == "auto":
+        dynamic_shapes = _default_dynamic_shapes(example_inputs)
+    try:
+        program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes)
+    except Exception as exc:  # torch raises many types here
+        raise UnsupportedOpError(
+            f"torch.export could not trace {type(model).__name__}: {str(exc).splitlines()[0]}"
+        ) from exc
+    finally:
+        try:
+            model.train(was_training)
+        except NotImplementedError:
+            pass
+    return program.module()
+
+
+def quantize(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
+             config: QuantConfig | None = None, dynamic_shapes: Any = "auto") -> QuantizedModel:
+    """Trace ``model`` and put a quantizer on every weight and every activation.
+
+    Inputs and outputs included. The returned model is in 'quantize' mode with
+    default step sizes: calibrate it (``compressor.calibrate``) before use.
+    Raises UnsupportedOpError naming each op (and its source line) that has no
+    int8 form, rather than leaving it float.
+    """
+    config = config or QuantConfig()
+    inputs = [example_input] if isinstance(example_input, torch.Tensor) else list(example_input)
+    gm = trace(model, inputs, dynamic_shapes)
+    summary = insert_quantizers(gm, config)
+    log.info("quantize(): %s", summary)
+    return QuantizedModel(gm, config, [list(t.shape) for t in inputs], summary)

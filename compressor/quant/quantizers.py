@@ -1,0 +1,247 @@
+"""Quantizer modules inserted into a traced model by ``quantize()``.
+
+Each quantizer runs in one of three modes:
+- ``observe``: passes values through unchanged and records their range
+  (calibration for PTQ and for the initial LSQ step sizes);
+- ``quantize``: fake-quantizes (the simulation of the int8 model);
+- ``float``: passes values through (for drift reports and ablations).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from compressor.quant.fake_quant import fake_quantize, round_ste
+
+MODES = ("observe", "quantize", "float")
+
+# Fixed output qparams the int8 runtimes demand (LiteRT refuses others),
+# written for 8 bits and scaled for fewer: (scale numerator exponent, zero-point).
+FIXED_QPARAMS = {
+    "sigmoid": lambda bits: (1.0 / 2**bits, -(2 ** (bits - 1))),
+    "softmax": lambda bits: (1.0 / 2**bits, -(2 ** (bits - 1))),
+    "tanh": lambda bits: (1.0 / 2 ** (bits - 1), 0),
+}
+
+_RESERVOIR = 1 << 18  # samples kept per quantizer for the MSE range search
+
+
+def signed_range(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer range of a signed ``bits``-bit code; symmetric drops -2^(b-1)."""
+    qmax = 2 ** (bits - 1) - 1
+    return (-qmax if symmetric else -qmax - 1), qmax
+
+
+class _Quantizer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode = "quantize"
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown quantizer mode {mode!r}; expected one of {MODES}")
+        self.mode = mode
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, mode={self.mode}"
+
+
+class ActivationQuantizer(_Quantizer):
+    """Per-tensor asymmetric LSQ quantizer with an integer (learned) zero-point."""
+
+    def __init__(self, bits: int = 8, learn_zero_point: bool = True, ema_decay: float = 0.9) -> None:
+        super().__init__()
+        self.bits = bits
+        self.qmin, self.qmax = signed_range(bits, symmetric=False)
+        self.ema_decay = ema_decay
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.zero_point = nn.Parameter(torch.tensor(0.0), requires_grad=learn_zero_point)
+        self.register_buffer("running_min", torch.tensor(float("inf")))
+        self.register_buffer("running_max", torch.tensor(float("-inf")))
+        self._samples: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "observe":
+            self._observe(x.detach())
+            return x
+        if self.mode == "float":
+            return x
+        per_sample = x[0].numel() if x.dim() > 1 else x.numel()
+        grad_scale = 1.0 / math.sqrt(max(per_sample, 1) * self.qmax)
+        return fake_quantize(x, self.scale.abs().clamp_min(1e-12), self.zero_point,
+                             self.qmin, self.qmax, grad_scale)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        lo, hi = x.min().float(), x.max().float()
+        if torch.isinf(self.running_min):
+            self.running_min.copy_(lo)
+            self.running_max.copy_(hi)
+        else:
+            d = self.ema_decay
+            self.running_min.mul_(d).add_((1 - d) * lo)
+            self.running_max.mul_(d).add_((1 - d) * hi)
+        flat = x.reshape(-1).float()
+        if flat.numel() > _RESERVOIR // 8:
+            idx = torch.randint(0, flat.numel(), (_RESERVOIR // 8,), generator=_sample_generator())
+            flat = flat[idx]
+        self._samples.append(flat.cpu())
+        if sum(s.numel() for s in self._samples) > _RESERVOIR:
+            self._samples = [torch.cat(self._samples)[-_RESERVOIR:]]
+
+    @property
+    def observed(self) -> bool:
+        return bool(torch.isfinite(self.running_min))
+
+    def observed_samples(self) -> torch.Tensor:
+        return torch.cat(self._samples) if self._samples else torch.empty(0)
+
+    @torch.no_grad()
+    def set_range(self, lo: float, hi: float) -> None:
+        """Scale and integer zero-point that cover [lo, hi] (0 always included)."""
+        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+        scale = max((hi - lo) / (self.qmax - self.qmin), 1e-8)
+        zero_point = min(max(round(self.qmin - lo / scale), self.qmin), self.qmax)
+        self.scale.copy_(torch.tensor(scale))
+        self.zero_point.copy_(torch.tensor(float(zero_point)))
+        self._samples = []
+
+    def qparams(self) -> tuple[float, int]:
+        """The (scale, zero_point) the deployed int8 tensor uses."""
+        return float(self.scale.detach().abs()), int(torch.round(self.zero_point.detach()))
+
+
+class FixedQParamsQuantizer(_Quantizer):
+    """Output quantizer of sigmoid/tanh/softmax with the runtimes' fixed qparams."""
+
+    def __init__(self, op: str, bits: int = 8) -> None:
+        super().__init__()
+        self.op = op
+        self.bits = bits
+        self.qmin, self.qmax = signed_range(bits, symmetric=False)
+        scale, zero_point = FIXED_QPARAMS[op](bits)
+        self.register_buffer("scale", torch.tensor(scale))
+        self.register_buffer("zero_point", torch.tensor(float(zero_point)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode != "quantize":
+            return x
+        return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+    def qparams(self) -> tuple[float, int]:
+        return float(self.scale), int(self.zero_point)
+
+    def extra_repr(self) -> str:
+        return f"op={self.op}, " + super().extra_repr()
+
+
+class WeightQuantizer(_Quantizer):
+    """Symmetric LSQ weight quantizer, per output channel (``axis``) or per tensor."""
+
+    def __init__(self, weight: torch.Tensor, bits: int = 8, axis: int | None = 0) -> None:
+        super().__init__()
+        self.bits = bits
+        self.axis = axis
+        self.qmin, self.qmax = signed_range(bits, symmetric=True)
+        channels = weight.shape[axis] if axis is not None else 1
+        self.scale = nn.Parameter(torch.ones(channels))
+        self.set_scale_from(weight, method="minmax")
+
+    def _view(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if self.axis is None:
+            return t.reshape(())
+        shape = [1] * like.dim()
+        shape[self.axis] = -1
+        return t.reshape(shape)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.mode != "quantize":
+            return w
+        per_channel = w.numel() // self.scale.numel()
+        grad_scale = 1.0 / math.sqrt(max(per_channel, 1) * self.qmax)
+        scale = self._view(self.scale.abs().clamp_min(1e-12), w)
+        return fake_quantize(w, scale, torch.zeros((), device=w.device), self.qmin, self.qmax, grad_scale)
+
+    def _channels(self, w: torch.Tensor) -> torch.Tensor:
+        w = w.detach().float()
+        if self.axis is None:
+            return w.reshape(1, -1)
+        return w.movedim(self.axis, 0).reshape(w.shape[self.axis], -1)
+
+    @torch.no_grad()
+    def set_scale_from(self, weight: torch.Tensor, method: str = "minmax") -> None:
+        """Initialise the step sizes from the weights: max |w|, or the MSE-optimal clip."""
+        rows = self._channels(weight)
+        absmax = rows.abs().amax(dim=1).clamp_min(1e-8)
+        if method == "mse":
+            best = _mse_search_symmetric(rows, absmax, self.qmax)
+        else:
+            best = absmax
+        self.scale.copy_(best / self.qmax)
+
+    def qparams(self) -> torch.Tensor:
+        return self.scale.detach().abs()
+
+
+class BiasQuantizer(nn.Module):
+    """int32 bias with scale s_in * s_w, as the int8 runtimes store it.
+
+    It holds plain references (not submodules) to the quantizers of the op's
+    input and weight: the scale is derived from theirs, never learned.
+    """
+
+    def __init__(self, input_quantizer: nn.Module, weight_quantizer: WeightQuantizer) -> None:
+        super().__init__()
+        object.__setattr__(self, "_input_q", input_quantizer)
+        object.__setattr__(self, "_weight_q", weight_quantizer)
+
+    def forward(self, bias: torch.Tensor) -> torch.Tensor:
+        if self._weight_q.mode != "quantize" or getattr(self._input_q, "mode", "quantize") != "quantize":
+            return bias
+        s_in = self._input_q.scale.detach().abs()
+        scale = (s_in * self._weight_q.scale.detach().abs()).clamp_min(1e-30)
+        q = torch.clamp(round_ste(bias / scale), -(2**31), 2**31 - 1)
+        return q * scale
+
+
+def _mse_search_symmetric(rows: torch.Tensor, absmax: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Per-row clipping threshold in (0.2, 1] x absmax minimising the quantization MSE."""
+    best_err = torch.full_like(absmax, float("inf"))
+    best = absmax.clone()
+    for ratio in torch.linspace(0.2, 1.0, 81):
+        thr = absmax * ratio
+        s = (thr / qmax).unsqueeze(1)
+        err = ((torch.clamp(torch.round(rows / s), -qmax, qmax) * s - rows) ** 2).mean(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better, thr, best)
+    return best
+
+
+def mse_range(samples: torch.Tensor, lo: float, hi: float, qmin: int, qmax: int) -> tuple[float, float]:
+    """Asymmetric [lo, hi] shrunk by the ratio that minimises the quantization MSE."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    best, best_err = (lo, hi), float("inf")
+    for ratio in torch.linspace(0.2, 1.0, 81).tolist():
+        a, b = lo * ratio, hi * ratio
+        s = max((b - a) / (qmax - qmin), 1e-8)
+        zp = min(max(round(qmin - a / s), qmin), qmax)
+        q = torch.clamp(torch.round(samples / s + zp), qmin, qmax)
+        err = float(((q - zp) * s - samples).pow(2).mean())
+        if err < best_err:
+            best, best_err = (a, b), err
+    return best
+
+
+_GEN: torch.Generator | None = None
+
+
+def _sample_generator() -> torch.Generator:
+    # A private generator: calibration must not shift the global RNG that
+    # training and data order depend on.
+    global _GEN
+    if _GEN is None:
+        _GEN = torch.Generator().manual_seed(0)
+    return _GEN
