@@ -28,7 +28,7 @@ from compressor.quant.quantizers import (
 QUANTIZER_ROOT = "quantizers"
 
 
-@dataclass
+@dataclass(eq=False)
 class _Group:
     """Tensors that share one activation quantizer."""
 
@@ -57,7 +57,8 @@ def source_location(node: fx.Node) -> str:
     where = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', trace)
     if not where:
         return "unknown source line"
-    path, line, code = where[-1]
+    user_frames = [w for w in where if "/torch/" not in w[0]]
+    path, line, code = (user_frames or where)[-1]
     return f"{path}:{line}: {code.strip()}"
 
 

@@ -52,6 +52,9 @@ def _rules() -> dict[object, OpRule]:
         aten.pow.Tensor_Scalar, aten.clamp.default, aten.reciprocal.default,
         aten.avg_pool1d.default, aten.avg_pool2d.default, aten.adaptive_avg_pool1d.default,
         aten.adaptive_avg_pool2d.default, aten.hardswish.default, aten.log_softmax.int,
+        # constant factories: a new tensor, quantized like any computed one
+        aten.zeros.default, aten.ones.default, aten.full.default, aten.zeros_like.default,
+        aten.ones_like.default, aten.full_like.default, aten.scalar_tensor.default,
     ]
     relu = [aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.relu6.default]
     fixed = {

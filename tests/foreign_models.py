@@ -1,0 +1,65 @@
+"""Small models that are not in the zoo, for quantize() and checkpoint tests."""
+import torch
+from torch import nn
+
+
+class TinyMLP(nn.Module):
+    """Linear + GELU + Linear + tanh on frames of audio."""
+
+    def __init__(self, frame: int = 16) -> None:
+        super().__init__()
+        self.frame = frame
+        self.fc1 = nn.Linear(frame, 32)
+        self.fc2 = nn.Linear(32, frame)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.reshape(x.shape[0], -1, self.frame)
+        return torch.tanh(self.fc2(nn.functional.gelu(self.fc1(frames)))).reshape(x.shape)
+
+
+class TinyCNN2d(nn.Module):
+    """Conv2d + BatchNorm-free ReLU stack + max-pool + concat on a spectrogram-like input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.b = nn.Conv2d(1, 4, 1)
+        self.head = nn.Conv2d(8, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([torch.relu(self.a(x)), self.b(x)], dim=1)
+        y = nn.functional.max_pool2d(y, 2)
+        return torch.sigmoid(self.head(y))
+
+
+class TinyAttention(nn.Module):
+    """Single-head self-attention written out (q/k/v Linear, softmax, output Linear)."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.scale = dim ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        attn = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) * self.scale, dim=-1)
+        return self.out(attn @ self.v(x)) + x
+
+
+class TinyGRU(nn.Module):
+    """nn.GRU: one fused float kernel, which quantize() must refuse."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(4, 4, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gru(x)[0]
+
+
+def make_tiny_mlp() -> nn.Module:
+    """A --model-factory target for the tests."""
+    torch.manual_seed(0)
+    return TinyMLP()

@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from compressor.errors import UnsupportedOpError
+from compressor.quant import QuantConfig, calibrate, quantize
+from compressor.quant.quantizers import ActivationQuantizer, FixedQParamsQuantizer, WeightQuantizer
+from tests.foreign_models import TinyAttention, TinyCNN2d, TinyGRU, TinyMLP
+
+FOREIGN = [
+    (TinyMLP, lambda: torch.randn(2, 64)),
+    (TinyCNN2d, lambda: torch.randn(2, 1, 8, 12)),
+    (TinyAttention, lambda: torch.randn(2, 5, 8)),
+]
+
+
+def _quantize_calibrated(model, make_input, **cfg):
+    torch.manual_seed(0)
+    example = make_input()
+    qm = quantize(model, example, QuantConfig(**cfg))
+    calibrate(qm, [example] + [make_input() for _ in range(31)])
+    return qm
+
+
+def _call_targets(qm):
+    return [n for n in qm.graph_module.graph.nodes if n.op == "call_function"]
+
+
+def _is_quantizer_call(node):
+    return node.op == "call_module" and str(node.target).startswith("quantizers.")
+
+
+@pytest.mark.parametrize("cls,make_input", FOREIGN, ids=[c.__name__ for c, _ in FOREIGN])
+def test_foreign_models_fully_quantized(cls, make_input):
+    torch.manual_seed(0)
+    model = cls()
+    qm = _quantize_calibrated(model, make_input)
+    graph = qm.graph_module.graph
+    # every input passes through a quantizer first
+    for ph in (n for n in graph.nodes if n.op == "placeholder"):
+        assert any(_is_quantizer_call(u) for u in ph.users), f"input {ph.name} is not quantized"
+    # every weight of a linear op is quantized, and the output is quantized
+    params = {n for n in graph.nodes if n.op == "get_attr"}
+    for p in params:
+        assert all(_is_quantizer_call(u) for u in p.users if u.op == "call_function" or _is_quantizer_call(u))
+    out = next(n for n in graph.nodes if n.op == "output")
+    for arg in out.args[0] if isinstance(out.args[0], (tuple, list)) else [out.args[0]]:
+        src = arg
+        while src.op == "call_function" and src.target in (torch.ops.aten.reshape.default, torch.ops.aten.view.default):
+            src = src.args[0]
+        assert _is_quantizer_call(src), "model output is not quantized"
+    # every compute op's float inputs come from quantizers or data-movement ops of quantized values
+    torch.manual_seed(0)
+    x = make_input()  # the first calibration batch: no value lies outside the calibrated ranges
+    with torch.no_grad():
+        ref, sim = model(x), qm(x)
+    assert sim.shape == ref.shape
+    rel = (sim - ref).norm() / ref.norm()
+    # EMA min/max calibration clips the tails of these Gaussian inputs, which
+    # dominates the error; a wrong scale or a missed quantizer gives ~100%.
+    assert rel < 0.15, f"8-bit simulation too far from float: {rel:.3f}"
+    # varying batch and length keeps working
+    bigger = make_input()
+    bigger = torch.cat([bigger, bigger], dim=0)
+    assert qm(bigger).shape[0] == bigger.shape[0]
+
+
+def test_outputs_on_int8_grid():
+    model = TinyAttention()
+    qm = _quantize_calibrated(model, lambda: torch.randn(2, 5, 8))
+    out_q = [q for q in qm.activation_quantizers().values()]
+    # the last quantizer in graph order is the output's
+    last = [n for n in qm.graph_module.graph.nodes if _is_quantizer_call(n)][-1]
+    q = qm.graph_module.get_submodule(last.target)
+    scale, zp = q.qparams()
+    with torch.no_grad():
+        y = qm(torch.randn(3, 5, 8))
+    codes = y / scale + zp
+    assert torch.allclose(codes, codes.round(), atol=1e-3)
+    assert codes.round().min() >= -128 and codes.round().max() <= 127
+    assert out_q
+
+
+def test_concat_inputs_share_one_quantizer():
+    qm = _quantize_calibrated(TinyCNN2d(), lambda: torch.randn(2, 1, 8, 12))
+    cat = next(n for n in _call_targets(qm) if n.target == torch.ops.aten.cat.default)
+    targets = {a.target for a in cat.args[0]}
+    assert len(targets) == 1, f"concat inputs use different quantizers: {targets}"
+
+
+def test_relu_fused_into_producer():
+    qm = _quantize_calibrated(TinyCNN2d(), lambda: torch.randn(2, 1, 8, 12))
+    conv = next(n for n in _call_targets(qm) if n.target == torch.ops.aten.conv2d.default)
+    (user,) = conv.users
+    assert user.target == torch.ops.aten.relu.default, "conv output was quantized before the ReLU"
+
+
+def test_fixed_qparams_in_graph():
+    qm = _quantize_calibrated(TinyAttention(), lambda: torch.randn(2, 5, 8))
+    fixed = [q for q in qm.quantizers().values() if isinstance(q, FixedQParamsQuantizer)]
+    assert [q.op for q in fixed] == ["softmax"]
+    assert fixed[0].qparams() == (1 / 256, -128)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_weight_channels_hold_at_most_2b_values(bits):
+    qm = _quantize_calibrated(TinyMLP(), lambda: torch.randn(2, 64), weight_bits=bits)
+    weights = qm.quantized_weights()
+    assert weights
+    for name, w in weights.items():
+        for channel in w.reshape(w.shape[0], -1):
+            assert channel.unique().numel() <= 2**bits, name
+
+
+def test_gru_is_refused_with_op_and_source_line():
+    with pytest.raises(UnsupportedOpError) as err:
+        quantize(TinyGRU(), torch.randn(2, 7, 4))
+    msg = str(err.value)
+    assert "aten.gru" in msg
+    assert "foreign_models.py" in msg and "self.gru(x)" in msg
+
+
+def test_quantizer_inventory_counts():
+    qm = _quantize_calibrated(TinyAttention(), lambda: torch.randn(2, 5, 8))
+    kinds = [type(q) for q in qm.quantizers().values()]
+    assert kinds.count(WeightQuantizer) == 4  # q, k, v, out
+    assert kinds.count(ActivationQuantizer) >= 8

@@ -1,0 +1,106 @@
+import math
+
+import pytest
+import torch
+
+from compressor.quant.fake_quant import fake_quantize, quantize_to_int
+from compressor.quant.quantizers import ActivationQuantizer, FixedQParamsQuantizer, WeightQuantizer
+
+
+def test_fake_quantize_matches_torch_per_tensor():
+    x = torch.randn(10000) * 3
+    scale, zp = torch.tensor(0.0173), torch.tensor(-7.0)
+    ours = fake_quantize(x, scale, zp, -128, 127)
+    ref = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zp), -128, 127)
+    assert torch.equal(ours, ref)
+
+
+def test_fake_quantize_matches_torch_per_channel():
+    w = torch.randn(6, 5, 3)
+    q = WeightQuantizer(w, bits=8, axis=0)
+    ours = q(w)
+    ref = torch.fake_quantize_per_channel_affine(w, q.scale.detach(), torch.zeros(6, dtype=torch.int32), 0, -127, 127)
+    assert torch.equal(ours, ref)
+
+
+def test_round_trip_through_integer_codes():
+    q = ActivationQuantizer(bits=8)
+    q.set_range(-1.5, 3.0)
+    x = torch.linspace(-2, 4, 1001)
+    scale, zp = q.qparams()
+    codes = quantize_to_int(x, torch.tensor(scale), torch.tensor(float(zp)), q.qmin, q.qmax)
+    assert codes.min() >= -128 and codes.max() <= 127
+    assert torch.allclose(q(x), (codes - zp) * scale)
+    # a value on the grid survives quantization unchanged
+    on_grid = (codes - zp) * scale
+    assert torch.equal(q(on_grid), on_grid)
+    # zero is exactly representable (zero padding must stay zero)
+    assert q(torch.zeros(1)).item() == 0.0
+
+
+@pytest.mark.parametrize("bits", [2, 4, 7, 8])
+def test_weight_range_is_symmetric(bits):
+    w = torch.randn(4, 100)
+    q = WeightQuantizer(w, bits=bits, axis=0)
+    codes = torch.round(q(w) / q.scale.detach().unsqueeze(1))
+    qmax = 2 ** (bits - 1) - 1
+    assert codes.min() >= -qmax and codes.max() <= qmax
+    assert codes.abs().max() == qmax  # min/max init uses the full range
+
+
+def test_lsq_gradient_matches_formula():
+    """Esser et al. 2020, eq. 3 and the gradient scale 1/sqrt(N * Qp)."""
+    q = ActivationQuantizer(bits=8, learn_zero_point=False)
+    q.set_range(-1.0, 1.0)
+    s = q.scale.detach().item()
+    zp = q.zero_point.detach().item()
+    x = torch.tensor([[0.3, -0.77, 0.01, 5.0, -5.0]], requires_grad=True)
+    y = q(x)
+    y.sum().backward()
+    g = 1.0 / math.sqrt(x[0].numel() * q.qmax)
+    v = x.detach() / s + zp
+    inside = (torch.round(v) >= q.qmin) & (torch.round(v) <= q.qmax)
+    expected_ds = torch.where(
+        inside, torch.round(v) - v,
+        torch.where(v > 0, torch.tensor(q.qmax - zp), torch.tensor(q.qmin - zp)),
+    ).sum() * g
+    assert q.scale.grad.item() == pytest.approx(expected_ds.item(), rel=1e-5)
+    assert torch.equal(x.grad, inside.float())
+
+
+def test_weight_lsq_gradient_scale_uses_channel_size():
+    w = torch.randn(3, 50)
+    q = WeightQuantizer(w, bits=8, axis=0)
+    w = w.clone().requires_grad_(True)
+    q(w).sum().backward()
+    s = q.scale.detach().unsqueeze(1)
+    v = w.detach() / s
+    expected = ((torch.round(v) - v).sum(dim=1)) / math.sqrt(50 * 127)
+    assert torch.allclose(q.scale.grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_zero_point_is_integer_in_simulation():
+    q = ActivationQuantizer(bits=8)
+    q.set_range(-0.3, 2.0)
+    with torch.no_grad():
+        q.zero_point.add_(0.37)  # a learned, fractional offset
+    x = torch.linspace(-0.3, 2.0, 500)
+    scale, zp = q.qparams()
+    assert float(zp).is_integer()
+    assert torch.equal(q(x), torch.fake_quantize_per_tensor_affine(x, scale, zp, -128, 127))
+
+
+@pytest.mark.parametrize("op,scale,zp", [("sigmoid", 1 / 256, -128), ("softmax", 1 / 256, -128), ("tanh", 1 / 128, 0)])
+def test_fixed_qparams(op, scale, zp):
+    q = FixedQParamsQuantizer(op, bits=8)
+    assert q.qparams() == (scale, zp)
+    assert list(q.parameters()) == []  # nothing to learn
+
+
+def test_observe_mode_is_identity_and_records_range():
+    q = ActivationQuantizer(bits=8)
+    q.set_mode("observe")
+    x = torch.randn(100) * 2
+    assert torch.equal(q(x), x)
+    assert q.running_min.item() == pytest.approx(x.min().item())
+    assert q.running_max.item() == pytest.approx(x.max().item())
