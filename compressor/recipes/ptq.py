@@ -1,0 +1,41 @@
+"""Post-training quantization: calibrate ranges on data, no retraining."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from compressor.errors import ConfigError
+from compressor.quant import QuantConfig, calibrate, quantize
+from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
+
+
+@dataclass(frozen=True)
+class PTQConfig:
+    weight_bits: int = 8
+    activation_bits: int = 8
+    calibration: str = "mse"
+    calib_batches: int = 16
+    batch_size: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.calib_batches < 1 or self.batch_size < 1:
+            raise ConfigError("PTQ needs calib_batches >= 1 and batch_size >= 1")
+
+    def quant_config(self) -> QuantConfig:
+        return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
+                           calibration=self.calibration)
+
+
+class PTQ(Recipe):
+    """Quantize every tensor; step sizes from min/max (EMA) or an MSE-optimal range."""
+
+    name = "ptq"
+    Config = PTQConfig
+
+    def run(self, ctx: RecipeContext) -> nn.Module:
+        cfg = self.config
+        qmodel = quantize(ctx.float_model, example_input(ctx.train_set), cfg.quant_config())
+        batches = calibration_batches(ctx.train_set, cfg.calib_batches, cfg.batch_size, cfg.seed)
+        return calibrate(qmodel, batches, cfg.calibration, progress=ctx.progress)

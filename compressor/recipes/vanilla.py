@@ -1,0 +1,69 @@
+"""Vanilla QAT: LSQ quantizers initialised from min/max, then retraining."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from compressor.losses import neg_si_snr_loss
+from compressor.quant import QuantConfig, QuantizedModel, calibrate, quantize
+from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
+from compressor.training import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    weight_bits: int = 8
+    activation_bits: int = 8
+    steps: int = 200
+    batch_size: int = 4
+    lr: float = 1e-4
+    quantizer_lr: float = 1e-3
+    grad_clip: float = 5.0
+    calib_batches: int = 8
+    checkpoint_every: int = 50
+    validate_every: int = 100
+    seed: int = 0
+    lr_schedule: str = "cosine"
+
+    def quant_config(self) -> QuantConfig:
+        return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
+                           calibration="minmax")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, grad_clip=self.grad_clip,
+                           checkpoint_every=self.checkpoint_every, validate_every=self.validate_every,
+                           seed=self.seed, lr_schedule=self.lr_schedule, log_every=10)
+
+
+def prepare_qat_model(ctx: RecipeContext, config: QATConfig) -> QuantizedModel:
+    """quantize() + min/max calibration, which initialises the LSQ step sizes."""
+    qmodel = quantize(ctx.float_model, example_input(ctx.train_set), config.quant_config())
+    batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
+    return calibrate(qmodel, batches, "minmax", progress=ctx.progress)
+
+
+def run_qat(qmodel: QuantizedModel, ctx: RecipeContext, config: QATConfig,
+            on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> QuantizedModel:
+    """Retrain all weights and LSQ step sizes/zero-points with negative SI-SNR."""
+    groups: list[dict[str, Any]] = [
+        {"params": list(qmodel.quantizer_parameters()), "lr": config.quantizer_lr, "name": "quantizers"},
+    ]
+    train(qmodel, ctx.train_set, ctx.valid_set, neg_si_snr_loss, config.train_config(), ctx.out_dir,
+          resume=ctx.resume, param_groups=groups, on_checkpoint=on_checkpoint, progress=ctx.progress)
+    return qmodel
+
+
+class VanillaQAT(Recipe):
+    """QAT of the whole model with LSQ (Esser et al. 2020), every tensor 8-bit."""
+
+    name = "vanilla"
+    Config = QATConfig
+
+    def run(self, ctx: RecipeContext, on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
+        qmodel = prepare_qat_model(ctx, self.config)
+        return run_qat(qmodel, ctx, self.config, on_checkpoint)
+
+
+__all__ = ["QATConfig", "VanillaQAT", "prepare_qat_model", "run_qat"]
