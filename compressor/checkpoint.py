@@ -152,9 +152,14 @@ def _read(path: Path, trust_pickle: bool) -> Any:
                 f"{path} holds pickled Python objects, and loading them would run code from the file. "
                 "Refused; pass --trust-pickle (trust_pickle=True) only if you trust its source."
             ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint: {str(exc).splitlines()[0]}") from exc
+    except Exception as exc:  # torch.load fails on garbage with many exception types
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)})") from exc
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def resolve_factory(spec: str) -> Callable[[], nn.Module]:
@@ -187,7 +192,7 @@ def load_model(path: str | Path, *, model_factory: str | None = None, trust_pick
         try:
             program = torch.export.load(path)
         except Exception as exc:
-            raise CheckpointError(f"{path} is not a torch.export program: {str(exc).splitlines()[0]}") from exc
+            raise CheckpointError(f"{path} is not a torch.export program ({_first_line(exc)})") from exc
         buf = io.BytesIO()
         torch.export.save(program, buf)
         return LoadedModel(program.module(), ArchSpec(kind="pt2", program=buf.getvalue()), path)

@@ -1,0 +1,30 @@
+"""Entry point of the ``compress`` command."""
+from __future__ import annotations
+
+import click
+
+from compressor.cli.demo_cmd import demo_cmd
+from compressor.cli.eval_cmd import eval_cmd
+from compressor.cli.quantize_cmds import ptq_cmd, qat_cmd
+from compressor.cli.train_cmd import train_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="audio-compress")
+def main() -> None:
+    """Compress audio neural networks into fully 8-bit models.
+
+    \b
+    compress demo              the whole flow on the embedded demo data
+    compress train             train a float zoo model
+    compress ptq MODEL         post-training quantization
+    compress qat MODEL         quantization-aware training (--recipe vanilla)
+    compress eval MODEL...     quality, float and simulated side by side
+    """
+
+
+for command in (demo_cmd, train_cmd, qat_cmd, ptq_cmd, eval_cmd):
+    main.add_command(command)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``compress qat`` and ``compress ptq``: make a quantized checkpoint from a float model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from compressor.checkpoint import arch_of, save_quantized
+from compressor.cli.common import (
+    data_option, handle_errors, load, model_options, set_threads, setup_logging, training_sets,
+)
+from compressor.errors import RecipeError
+from compressor.recipes import RecipeContext, get_recipe, list_recipes
+from compressor.recipes.base import example_input
+from compressor.training import distributed
+
+
+def _run(model, model_factory, trust_pickle, recipe_name, options, data, valid_data, segment_seconds, out,
+         run_dir, resume, seed):
+    recipe_cls = get_recipe(recipe_name)
+    recipe = recipe_cls.from_options({**options, "seed": seed})
+    loaded = load(model, model_factory, trust_pickle)
+    if loaded.quantized:
+        raise RecipeError(f"{model} is already quantized (recipe {loaded.recipe and loaded.recipe.get('name')}); "
+                          "give the float model")
+    train_set, valid_set = training_sets(data, valid_data, segment_seconds, seed)
+    arch = arch_of(loaded, (example_input(train_set),))
+    run_dir = run_dir or out.with_suffix(".run")
+    ctx = RecipeContext(loaded.model, train_set, valid_set, run_dir, resume=resume)
+    info = {"float_model": str(model), "data": data, "segment_seconds": segment_seconds}
+
+    def on_checkpoint(step: int, qmodel: torch.nn.Module) -> None:
+        save_quantized(out, qmodel, arch, recipe.describe(), {**info, "step": step})
+
+    if recipe_name == "ptq":
+        qmodel = recipe.run(ctx)
+    else:
+        qmodel = recipe.run(ctx, on_checkpoint=on_checkpoint)
+    if distributed.is_main_process():
+        save_quantized(out, qmodel, arch, recipe.describe(), info)
+        s = qmodel.summary
+        click.echo(f"wrote {out}: recipe {recipe_name}, {s['activation_quantizers']} activation, "
+                   f"{s['weight_quantizers']} weight, {s['bias_quantizers']} bias and "
+                   f"{s['constant_quantizers']} constant quantizers")
+
+
+def _common(func):
+    for opt in reversed([
+        data_option(help_extra="Training data; calibration data for ptq."),
+        click.option("--valid-data", help="Validation dataset (default: the demo's valid split with --data demo)."),
+        click.option("--segment-seconds", default=2.0, show_default=True, help="Length of training/calibration crops."),
+        click.option("--weight-bits", type=click.IntRange(2, 8), help="Weight bits (default 8; 7 for onnxruntime on x86 without VNNI)."),
+        click.option("--activation-bits", type=click.IntRange(2, 8), help="Activation bits, input and output included (default 8)."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Quantized checkpoint to write."),
+        click.option("--threads", type=int, help="torch threads (default: all cores)."),
+        click.option("-v", "--verbose", is_flag=True),
+    ]):
+        func = opt(func)
+    return model_options(func)
+
+
+@click.command("qat")
+@_common
+@click.option("--recipe", "recipe_name", default="vanilla", show_default=True,
+              help=f"Recipe: {', '.join(list_recipes())}.")
+@click.option("--steps", type=int, help="QAT optimizer steps (vanilla default 200).")
+@click.option("--batch-size", type=int, help="Items per batch (default 4).")
+@click.option("--lr", type=float, help="Learning rate of the weights (default 1e-4).")
+@click.option("--quantizer-lr", type=float, help="Learning rate of the LSQ step sizes and zero-points (default 1e-3).")
+@click.option("--checkpoint-every", type=int, help="Steps between resumable state writes (default 50).")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the resumable training state goes (default: OUT without suffix + '.run').")
+@click.option("--resume", is_flag=True, help="Continue bit-for-bit from the state in --run-dir.")
+@handle_errors
+def qat_cmd(model, model_factory, trust_pickle, data, valid_data, segment_seconds, weight_bits, activation_bits,
+            seed, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
+            run_dir, resume):
+    """Quantization-aware training of MODEL into a fully quantized model.
+
+    Every weight and every activation, input and output included, is
+    quantized (int8 by default) the way the TFLite/ONNX int8 runtimes compute.
+    MODEL is our float checkpoint, a .pt2 program, or a state_dict with
+    --model-factory. Launch with torchrun for multi-process (DDP) training.
+    """
+    setup_logging(verbose)
+    set_threads(threads)
+    options = dict(weight_bits=weight_bits, activation_bits=activation_bits, steps=steps, batch_size=batch_size,
+                   lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every)
+    _run(model, model_factory, trust_pickle, recipe_name, options, data, valid_data, segment_seconds, out,
+         run_dir, resume, seed)
+
+
+@click.command("ptq")
+@_common
+@click.option("--calibration", type=click.Choice(["minmax", "mse"]), default="mse", show_default=True,
+              help="Range per tensor: EMA of min/max, or the MSE-optimal clipping.")
+@click.option("--calib-batches", default=16, show_default=True, help="Calibration batches.")
+@click.option("--batch-size", default=4, show_default=True)
+@handle_errors
+def ptq_cmd(model, model_factory, trust_pickle, data, valid_data, segment_seconds, weight_bits, activation_bits,
+            seed, out, threads, verbose, calibration, calib_batches, batch_size):
+    """Post-training quantization of MODEL: calibrate ranges on data, no retraining."""
+    setup_logging(verbose)
+    set_threads(threads)
+    options = dict(weight_bits=weight_bits, activation_bits=activation_bits, calibration=calibration,
+                   calib_batches=calib_batches, batch_size=batch_size)
+    _run(model, model_factory, trust_pickle, "ptq", options, data, valid_data, segment_seconds, out,
+         None, False, seed)
