@@ -124,3 +124,17 @@ def test_quantizer_inventory_counts():
     kinds = [type(q) for q in qm.quantizers().values()]
     assert kinds.count(WeightQuantizer) == 4  # q, k, v, out
     assert kinds.count(ActivationQuantizer) >= 8
+
+
+def test_silent_input_keeps_norms_finite(tiny_tasnet):
+    """gLN's variance of a silent input rounds to 0; rsqrt's input is floored at one LSB."""
+    x = torch.randn(2, 800) * 0.1
+    qm = quantize(tiny_tasnet, x)
+    calibrate(qm, [x])
+    floored = [q for q in qm.activation_quantizers().values() if getattr(q, "positive", False)]
+    assert len(floored) == 1 + 2 * 2  # one per gLN: the input norm, and two in each of the X*R = 2 blocks
+    silent = torch.zeros(2, 800, requires_grad=True)
+    y = qm(silent)
+    assert torch.isfinite(y).all()
+    y.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in qm.parameters() if p.grad is not None)

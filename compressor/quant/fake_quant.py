@@ -37,7 +37,9 @@ def fake_quantize(
     """
     s = scale_grad(scale, grad_scale)
     zp = scale_grad(round_ste(zero_point), grad_scale)
-    q = torch.clamp(round_ste(x * (1.0 / s) + zp), qmin, qmax)
+    # Clamping before rounding equals rounding before clamping (integer
+    # bounds) and keeps +-inf finite: round_ste(inf) would be NaN.
+    q = round_ste(torch.clamp(x * (1.0 / s) + zp, qmin, qmax))
     return (q - zp) * s
 
 

@@ -34,6 +34,7 @@ class _Group:
 
     name: str
     fixed: str | None = None
+    positive: bool = False  # feeds rsqrt/sqrt/log/a divisor: floor at one LSB
     sites: list[fx.Node] = field(default_factory=list)
     parent: "_Group | None" = None
 
@@ -105,6 +106,7 @@ class _Planner:
         roots = list(dict.fromkeys(g.root() for g in groups))
         keep = next((r for r in roots if r.fixed), roots[0])
         for r in roots:
+            keep.positive = keep.positive or r.positive
             if r is not keep:
                 r.parent = keep
                 keep.sites.extend(r.sites)
@@ -134,6 +136,10 @@ class _Planner:
             self.unsupported.append(f"{op_name(node.target)} ({node.name}) at {source_location(node)} — {hint}")
             return
         inputs = _tensor_inputs(node)
+        if rule.positive_input is not None and len(inputs) > rule.positive_input:
+            group = self.group_of.get(inputs[rule.positive_input])
+            if group is not None:
+                group.root().positive = True
         if rule.kind == "weighted":
             self.plan_weighted(node, rule)
         else:
@@ -213,7 +219,7 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
         if group.fixed:
             mod: nn.Module = FixedQParamsQuantizer(group.fixed, bits)
         else:
-            mod = ActivationQuantizer(bits, config.learn_zero_point, config.ema_decay)
+            mod = ActivationQuantizer(bits, config.learn_zero_point, config.ema_decay, positive=group.positive)
         root.add_module(group.name, mod)
         act_module[id(group)] = group.name
         for site in group.sites:

@@ -9,6 +9,8 @@ Kinds:
 - ``fixed``: sigmoid/tanh/softmax, whose output qparams are fixed;
 - ``move``: data movement; the output keeps its input's qparams;
 - ``shared``: concat/stack/where; all inputs and the output share one scale;
+- ``positive_input``: that input is floored at one LSB of its quantizer, so
+  a variance that rounds to 0 cannot make rsqrt infinite;
 - ``relu``: a compute op that absorbs the quantizer of the op feeding it
   (the runtimes fuse conv/linear/add + ReLU into one op with one output scale).
 Ops missing from the table are refused with ``UnsupportedOpError``.
@@ -30,6 +32,7 @@ class OpRule:
     kind: str
     weight_axis: int | None = 0  # weighted ops: the weight's output-channel axis
     fixed: str | None = None  # fixed ops: which qparams
+    positive_input: int | None = None  # this input must stay > 0 (floored at one LSB)
     note: str = ""
 
 
@@ -78,6 +81,9 @@ def _rules() -> dict[object, OpRule]:
     shared = [aten.cat.default, aten.stack.default, aten.where.self]
     table: dict[object, OpRule] = dict(weighted)
     table.update({op: OpRule("compute") for op in compute})
+    for op in (aten.rsqrt.default, aten.sqrt.default, aten.log.default, aten.reciprocal.default):
+        table[op] = OpRule("compute", positive_input=0)
+    table[aten.div.Tensor] = OpRule("compute", positive_input=1)
     table.update({op: OpRule("relu") for op in relu})
     table.update({op: OpRule("fixed", fixed=name) for op, name in fixed.items()})
     table.update({op: OpRule("move") for op in move})

@@ -45,15 +45,20 @@ class _Quantizer(nn.Module):
         self.mode = mode
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, mode={self.mode}"
+        return f"bits={self.bits}, mode={self.mode}" + (", positive" if getattr(self, "positive", False) else "")
 
 
 class ActivationQuantizer(_Quantizer):
     """Per-tensor asymmetric LSQ quantizer with an integer (learned) zero-point."""
 
-    def __init__(self, bits: int = 8, learn_zero_point: bool = True, ema_decay: float = 0.9) -> None:
+    def __init__(self, bits: int = 8, learn_zero_point: bool = True, ema_decay: float = 0.9,
+                 positive: bool = False) -> None:
         super().__init__()
         self.bits = bits
+        # A tensor that feeds rsqrt/sqrt/log/a divisor: its smallest value is
+        # one LSB, not 0 (a variance that rounds to 0 would make rsqrt inf).
+        # Deployed as MAXIMUM(x, scale), an int8 op with a representable constant.
+        self.positive = positive
         self.qmin, self.qmax = signed_range(bits, symmetric=False)
         self.ema_decay = ema_decay
         self.scale = nn.Parameter(torch.tensor(1.0))
@@ -70,8 +75,9 @@ class ActivationQuantizer(_Quantizer):
             return x
         per_sample = x[0].numel() if x.dim() > 1 else x.numel()
         grad_scale = 1.0 / math.sqrt(max(per_sample, 1) * self.qmax)
-        return fake_quantize(x, self.scale.abs().clamp_min(1e-12), self.zero_point,
-                             self.qmin, self.qmax, grad_scale)
+        scale = self.scale.abs().clamp_min(1e-12)
+        out = fake_quantize(x, scale, self.zero_point, self.qmin, self.qmax, grad_scale)
+        return torch.maximum(out, scale) if self.positive else out
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:

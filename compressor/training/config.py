@@ -78,7 +78,7 @@ class TrainConfig:
 
         positive_int("steps", 1)
         positive_int("batch_size", 1)
-        float_field("lr", strictly_positive=True)
+        float_field("lr")
         float_field("grad_clip", allow_none=True)
         float_field("weight_decay")
         positive_int("checkpoint_every", 1)
