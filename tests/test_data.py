@@ -134,6 +134,9 @@ def test_write_audio_roundtrip_exact(tmp_path, ext):
     assert info.samplerate == SR and info.subtype == "PCM_16"
     np.testing.assert_array_equal(to_int16(read_audio(p)), q)
     assert [f.name for f in p.parent.iterdir()] == [p.name]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_write_audio_refuses_nan_and_leaves_nothing(tmp_path):
@@ -320,6 +323,9 @@ def test_librimix_sep_clean_from_folder_and_factory(tmp_path):
     it = ds[1]
     assert it["sources"].shape == (2, 4000) and it["mixture"].shape == (4000,)
     np.testing.assert_allclose(it["mixture"].numpy(), it["sources"].sum(0).numpy(), atol=3 / 32768)
+    assert math.isnan(it["snr_db"])  # no noise in mix_clean
+    noisy = LibriMixDataset(base, task="sep_noisy")[0]
+    assert noisy["sources"].shape[0] == 2 and 5 < noisy["snr_db"] < 30
     ds2 = open_dataset(base / "metadata" / "mixture_test_mix_clean.csv")
     assert isinstance(ds2, LibriMixDataset) and ds2.task == "sep_clean"
 
