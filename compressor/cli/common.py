@@ -46,10 +46,16 @@ def load(model: Path, model_factory: str | None, trust_pickle: bool) -> LoadedMo
 
 
 def data_option(default: str = "demo", help_extra: str = "") -> Callable:
-    return click.option(
+    """--data plus --strict-audio."""
+    data = click.option(
         "--data", default=default, show_default=True,
         help="Dataset: 'demo' (the embedded demo set), a LibriMix csv or folder, a paired folder "
              "(noisy/ + clean/) or a mixing folder (speech/ + noise/). " + help_extra)
+    strict = click.option(
+        "--strict-audio", is_flag=True,
+        help="Refuse audio at another sample rate or with several channels (default: resample / "
+             "down-mix with a warning).")
+    return lambda func: data(strict(func))
 
 
 def setup_logging(verbose: bool) -> None:
@@ -92,21 +98,20 @@ def parse_json_option(text: str | None, what: str) -> dict[str, Any]:
     return value
 
 
-def training_sets(data: str, valid_data: str | None, segment_seconds: float, seed: int) -> tuple[Any, Any]:
+def training_sets(data: str, valid_data: str | None, segment_seconds: float, seed: int,
+                  strict_audio: bool = False) -> tuple[Any, Any]:
     """(train, valid) datasets: the demo's train/valid splits, or a path (+ optional valid path)."""
     from compressor.data import open_dataset
 
     if data == "demo":
-        train = open_dataset("demo:train", segment_seconds=segment_seconds, seed=seed)
-        valid = open_dataset(valid_data or "demo:valid")
-        return train, valid
-    train = open_dataset(data, segment_seconds=segment_seconds, seed=seed)
-    valid = open_dataset(valid_data) if valid_data else None
+        data, valid_data = "demo:train", valid_data or "demo:valid"
+    train = open_dataset(data, segment_seconds=segment_seconds, seed=seed, strict_audio=strict_audio)
+    valid = open_dataset(valid_data, strict_audio=strict_audio) if valid_data else None
     return train, valid
 
 
-def eval_set(data: str) -> Any:
+def eval_set(data: str, strict_audio: bool = False) -> Any:
     """The evaluation dataset: the demo's test split, or a path."""
     from compressor.data import open_dataset
 
-    return open_dataset("demo:test" if data == "demo" else data)
+    return open_dataset("demo:test" if data == "demo" else data, strict_audio=strict_audio)

@@ -24,7 +24,7 @@ from compressor.reporting import markdown_table, model_entry
 @click.option("--threads", type=int)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
-def eval_cmd(models, data, reference, model_factory, trust_pickle, max_items, json_out, md_out, threads, verbose):
+def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle, max_items, json_out, md_out, threads, verbose):
     """SI-SNR, SI-SNRi, SDR and STOI of MODELS, overall and by input SNR
     (low < 2 dB, mid 2-10 dB, high > 10 dB).
 
@@ -33,7 +33,7 @@ def eval_cmd(models, data, reference, model_factory, trust_pickle, max_items, js
     """
     setup_logging(verbose)
     set_threads(threads)
-    dataset = eval_set(data)
+    dataset = eval_set(data, strict_audio)
     results: list[tuple[str, dict]] = []
     ref_summary = None
     if reference is not None:

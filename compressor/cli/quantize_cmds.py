@@ -16,15 +16,15 @@ from compressor.recipes.base import example_input
 from compressor.training import distributed
 
 
-def _run(model, model_factory, trust_pickle, recipe_name, options, data, valid_data, segment_seconds, out,
-         run_dir, resume, seed):
+def _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
+         segment_seconds, out, run_dir, resume, seed):
     recipe_cls = get_recipe(recipe_name)
     recipe = recipe_cls.from_options({**options, "seed": seed})
     loaded = load(model, model_factory, trust_pickle)
     if loaded.quantized:
         raise RecipeError(f"{model} is already quantized (recipe {loaded.recipe and loaded.recipe.get('name')}); "
                           "give the float model")
-    train_set, valid_set = training_sets(data, valid_data, segment_seconds, seed)
+    train_set, valid_set = training_sets(data, valid_data, segment_seconds, seed, strict_audio)
     arch = arch_of(loaded, (example_input(train_set),))
     run_dir = run_dir or out.with_suffix(".run")
     ctx = RecipeContext(loaded.model, train_set, valid_set, run_dir, resume=resume)
@@ -74,7 +74,7 @@ def _common(func):
               help="Where the resumable training state goes (default: OUT without suffix + '.run').")
 @click.option("--resume", is_flag=True, help="Continue bit-for-bit from the state in --run-dir.")
 @handle_errors
-def qat_cmd(model, model_factory, trust_pickle, data, valid_data, segment_seconds, weight_bits, activation_bits,
+def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
             seed, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
             run_dir, resume):
     """Quantization-aware training of MODEL into a fully quantized model.
@@ -88,8 +88,8 @@ def qat_cmd(model, model_factory, trust_pickle, data, valid_data, segment_second
     set_threads(threads)
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, steps=steps, batch_size=batch_size,
                    lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every)
-    _run(model, model_factory, trust_pickle, recipe_name, options, data, valid_data, segment_seconds, out,
-         run_dir, resume, seed)
+    _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
+         segment_seconds, out, run_dir, resume, seed)
 
 
 @click.command("ptq")
@@ -99,12 +99,12 @@ def qat_cmd(model, model_factory, trust_pickle, data, valid_data, segment_second
 @click.option("--calib-batches", default=16, show_default=True, help="Calibration batches.")
 @click.option("--batch-size", default=4, show_default=True)
 @handle_errors
-def ptq_cmd(model, model_factory, trust_pickle, data, valid_data, segment_seconds, weight_bits, activation_bits,
+def ptq_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
             seed, out, threads, verbose, calibration, calib_batches, batch_size):
     """Post-training quantization of MODEL: calibrate ranges on data, no retraining."""
     setup_logging(verbose)
     set_threads(threads)
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, calibration=calibration,
                    calib_batches=calib_batches, batch_size=batch_size)
-    _run(model, model_factory, trust_pickle, "ptq", options, data, valid_data, segment_seconds, out,
-         None, False, seed)
+    _run(model, model_factory, trust_pickle, "ptq", options, data, strict_audio, valid_data,
+         segment_seconds, out, None, False, seed)

@@ -34,7 +34,7 @@ from compressor.zoo import build_model, list_models
 @click.option("--threads", type=int, help="torch threads (default: all cores).")
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
-def train_cmd(model_name, config_json, data, valid_data, steps, batch_size, segment_seconds, lr, lr_schedule,
+def train_cmd(model_name, config_json, data, strict_audio, valid_data, steps, batch_size, segment_seconds, lr, lr_schedule,
               grad_clip, seed, checkpoint_every, validate_every, out, run_dir, resume, threads, verbose):
     """Train a float zoo model with negative SI-SNR (PIT for several sources).
 
@@ -46,7 +46,7 @@ def train_cmd(model_name, config_json, data, valid_data, steps, batch_size, segm
     model_config = parse_json_option(config_json, "--config")
     model = build_model(model_name, model_config)
     arch = ArchSpec(kind="zoo", name=model_name, config=model.config.to_dict())
-    train_set, valid_set = training_sets(data, valid_data, segment_seconds, seed)
+    train_set, valid_set = training_sets(data, valid_data, segment_seconds, seed, strict_audio)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, grad_clip=grad_clip or None, seed=seed,
                          checkpoint_every=checkpoint_every, validate_every=validate_every, lr_schedule=lr_schedule)
     run_dir = run_dir or out.with_suffix(".run")

@@ -47,6 +47,9 @@ class _AudioDataset(Dataset):
     """Shared machinery: epoch/seed handling, cropping, item building."""
 
     num_sources: int = 1
+    #: refuse (DataError) files at another sample rate or with several
+    #: channels instead of resampling / down-mixing them with a warning
+    strict_audio: bool = False
 
     def __init__(self, sample_rate: int, segment_seconds: float | None, seed: int):
         if segment_seconds is not None and not segment_seconds > 0:
@@ -70,7 +73,8 @@ class _AudioDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
     def _read(self, path: Path) -> np.ndarray:
-        return read_audio(path, self.sample_rate)
+        lenient = not self.strict_audio
+        return read_audio(path, self.sample_rate, resample=lenient, mono=lenient)
 
     def _crop(self, arrays: Sequence[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
         """Same random crop of every array (last axis); zero-pad if shorter."""
@@ -340,6 +344,13 @@ def open_dataset(path_or_name: str | os.PathLike, **kw) -> Dataset:
     ``sample_rate``, ``seed``, ``task`` for LibriMix, ``snr_range_db`` for
     mixing, ``split`` for the demo set and LibriMix folders...).
     """
+    strict_audio = bool(kw.pop("strict_audio", False))
+    dataset = _open_dataset(path_or_name, **kw)
+    dataset.strict_audio = strict_audio
+    return dataset
+
+
+def _open_dataset(path_or_name: str | os.PathLike, **kw) -> Dataset:
     name = str(path_or_name)
     if name == "demo" or name.startswith("demo:"):
         from compressor.data.demo import demo_dataset
