@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from compressor.errors import DataError
+from compressor.fileio import atomic_path
 
 log = logging.getLogger("compressor.data")
 
@@ -119,30 +119,16 @@ def write_audio(path: str | os.PathLike, audio, sample_rate: int) -> Path:
         log.warning("%s: peak %.3f is outside [-1, 1]; clipping", path, peak)
         audio = np.clip(audio, -1.0, 1.0)
     fmt, subtype = _WRITE_FORMATS[ext]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        # Quantise ourselves (round, saturate) so float -> int16 -> float is exact.
-        kw = {"compression_level": 1.0} if fmt == "FLAC" else {}
-        sf.write(tmp, to_int16(audio), int(sample_rate), format=fmt, subtype=subtype, **kw)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, Exception) and not isinstance(exc, DataError):
-            raise DataError(f"cannot write {path}: {exc}") from exc
-        raise
+        with atomic_path(path) as tmp:
+            # Quantise ourselves (round, saturate) so float -> int16 -> float is exact.
+            kw = {"compression_level": 1.0} if fmt == "FLAC" else {}
+            sf.write(tmp, to_int16(audio), int(sample_rate), format=fmt, subtype=subtype, **kw)
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:
+        raise DataError(f"cannot write {path}: {exc}") from exc
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def to_int16(x) -> np.ndarray:
