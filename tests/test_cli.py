@@ -148,3 +148,24 @@ def test_pickled_checkpoint_needs_trust(tmp_path, paired, tiny_tasnet):
 def test_unknown_dataset_layout(tmp_path, float_ckpt):
     (tmp_path / "empty_dir").mkdir()
     _expect_error(run("eval", float_ckpt, "--data", tmp_path / "empty_dir"), "layout")
+
+
+def test_qat_with_two_ddp_processes(tmp_path, paired, float_ckpt):
+    """torchrun, 2 processes, gloo on CPU: the quantized graph trains under DDP."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    compress = shutil.which("compress")
+    out = tmp_path / "q.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", compress, "qat",
+           str(float_ckpt), "--data", str(paired), "--valid-data", str(paired), "--steps", "3", "--batch-size", "1",
+           "--segment-seconds", "0.25", "--checkpoint-every", "3", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = load_model(out)
+    assert loaded.quantized and loaded.recipe["name"] == "vanilla"
+    state = torch.load(tmp_path / "q.run" / "train_state.pt", weights_only=True)
+    assert state["step"] == 3

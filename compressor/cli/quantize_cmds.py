@@ -27,7 +27,8 @@ def _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_
     train_set, valid_set = training_sets(data, valid_data, segment_seconds, seed, strict_audio)
     arch = arch_of(loaded, (example_input(train_set),))
     run_dir = run_dir or out.with_suffix(".run")
-    ctx = RecipeContext(loaded.model, train_set, valid_set, run_dir, resume=resume)
+    ctx = RecipeContext(loaded.model, train_set, valid_set, run_dir, resume=resume,
+                        progress=distributed.is_main_process())
     info = {"float_model": str(model), "data": data, "segment_seconds": segment_seconds}
 
     def on_checkpoint(step: int, qmodel: torch.nn.Module) -> None:

@@ -112,7 +112,14 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
             model.train(was_training)
         except NotImplementedError:
             pass
-    return program.module()
+    gm = program.module()
+    # Drop computations no output depends on (e.g. a last residual branch),
+    # so they get no quantizers and cost nothing; keep the input guards.
+    gm.graph.eliminate_dead_code(
+        is_impure_node=lambda node: node.op == "call_module" and "guards" in str(node.target) or node.is_impure()
+    )
+    gm.recompile()
+    return gm
 
 
 def quantize(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],

@@ -491,8 +491,11 @@ def _train(
 
     train_model: nn.Module = model
     if distributed.is_distributed():
+        # Models may hold parameters that no output depends on (Conv-TasNet's
+        # last residual conv); DDP must not wait for their gradients.
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
         )
 
     def write_state() -> None:
