@@ -138,3 +138,39 @@ def test_silent_input_keeps_norms_finite(tiny_tasnet):
     assert torch.isfinite(y).all()
     y.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in qm.parameters() if p.grad is not None)
+
+
+def test_conv_tasnet_every_tensor_quantized(tiny_tasnet):
+    """Every conv/deconv weight, every op output, the input and the output of the zoo model."""
+    x = torch.randn(2, 800) * 0.1
+    qm = quantize(tiny_tasnet, x)
+    calibrate(qm, [x])
+    graph = qm.graph_module.graph
+    computes = [n for n in graph.nodes if n.op == "call_function" and n.target in (
+        torch.ops.aten.conv1d.default, torch.ops.aten.conv_transpose1d.default, torch.ops.aten.prelu.default,
+        torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor, torch.ops.aten.mean.dim,
+        torch.ops.aten.rsqrt.default, torch.ops.aten.sigmoid.default)]
+    assert len(computes) > 30
+    for node in computes:
+        users = list(node.users)
+        fused = len(users) == 1 and users[0].target == torch.ops.aten.relu.default
+        assert fused or all(_is_quantizer_call(u) for u in users), f"{node.name} output is not quantized"
+        for arg in node.args:
+            if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+                raise AssertionError(f"{node.name} reads the float parameter {arg.target}")
+    weighted = [n for n in computes if n.target in (torch.ops.aten.conv1d.default,
+                                                   torch.ops.aten.conv_transpose1d.default)]
+    for node in weighted:
+        assert _is_quantizer_call(node.args[1]), f"{node.name} weight is not quantized"
+    # the sigmoid mask has the runtimes' fixed output qparams
+    fixed = [q for q in qm.quantizers().values() if isinstance(q, FixedQParamsQuantizer)]
+    assert [q.op for q in fixed] == ["sigmoid"]
+    # the output is on the int8 grid of the decoder's quantizer
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    src = out_node.args[0][0] if isinstance(out_node.args[0], (tuple, list)) else out_node.args[0]
+    while not _is_quantizer_call(src):
+        src = src.args[0]
+    scale, zp = qm.graph_module.get_submodule(src.target).qparams()
+    with torch.no_grad():
+        codes = qm(torch.randn(1, 1000) * 0.1) / scale + zp
+    assert torch.allclose(codes, codes.round(), atol=1e-3)
