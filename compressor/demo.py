@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 
 from compressor.checkpoint import load_model, save_quantized
 from compressor.data import open_dataset
+from compressor.configs import JsonConfig
 from compressor.errors import CheckpointError
 from compressor.evaluation import evaluate
 from compressor.fileio import write_text_atomic
@@ -21,7 +22,7 @@ DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "examples" / "checkpoint
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(JsonConfig):
     float_checkpoint: str = str(DEMO_CHECKPOINT)
     qat_steps: int = 150
     qat_batch_size: int = 4
@@ -78,7 +79,7 @@ def run_demo(out_dir: Path, config: DemoConfig, progress: bool = True, log=print
     report = {
         "models": entries,
         "data": "demo:test",
-        "config": asdict(config),
+        "config": config.to_dict(),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version()},

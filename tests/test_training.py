@@ -147,7 +147,7 @@ def test_config_round_trip_and_validation():
         TrainConfig.from_dict({**config.to_dict(), "bogus": 1})
     with pytest.raises(ConfigError, match="batch_size"):
         TrainConfig.from_dict({"steps": 3, "lr": 1e-3})
-    for bad in (dict(steps=0), dict(lr=0.0), dict(lr=float("nan")), dict(batch_size=2.5),
+    for bad in (dict(steps=0), dict(lr=-1.0), dict(lr=float("nan")), dict(batch_size=2.5),
                 dict(grad_clip=-1.0), dict(lr_schedule="step"), dict(seed=True), dict(device="tpu")):
         with pytest.raises(ConfigError):
             make_config(**bad)

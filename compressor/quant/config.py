@@ -1,17 +1,16 @@
 """Typed configuration of the quantization scheme."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
+from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
 
 CALIBRATION_METHODS = ("minmax", "mse")
 
 
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(JsonConfig):
     """How weights and activations are quantized.
 
     The defaults are the TFLite/ONNX int8 scheme: int8 weights, symmetric per
@@ -40,14 +39,3 @@ class QuantConfig:
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"QuantConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "QuantConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown QuantConfig key(s): {', '.join(unknown)}")
-        return cls(**data)

@@ -47,7 +47,7 @@ class Recipe:
 
     def describe(self) -> dict[str, Any]:
         """What goes into the checkpoint's 'recipe' field."""
-        return {"name": self.name, "config": dataclasses.asdict(self.config)}
+        return {"name": self.name, "config": self.config.to_dict()}
 
     def run(self, ctx: RecipeContext) -> nn.Module:
         raise NotImplementedError

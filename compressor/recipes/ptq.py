@@ -5,13 +5,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
 from compressor.quant import QuantConfig, calibrate, quantize
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 
 
 @dataclass(frozen=True)
-class PTQConfig:
+class PTQConfig(JsonConfig):
     weight_bits: int = 8
     activation_bits: int = 8
     calibration: str = "mse"

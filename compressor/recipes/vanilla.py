@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from compressor.configs import JsonConfig
 from compressor.losses import neg_si_snr_loss
 from compressor.quant import QuantConfig, QuantizedModel, calibrate, quantize
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
@@ -13,7 +14,7 @@ from compressor.training import TrainConfig, train
 
 
 @dataclass(frozen=True)
-class QATConfig:
+class QATConfig(JsonConfig):
     weight_bits: int = 8
     activation_bits: int = 8
     steps: int = 200

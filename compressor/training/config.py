@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -21,7 +22,7 @@ def _is_number(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Everything that decides what a training run computes.
 
     steps:            total number of optimizer steps.
@@ -100,27 +101,3 @@ class TrainConfig:
     @property
     def clip_enabled(self) -> bool:
         return self.grad_clip is not None and self.grad_clip > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict; ``TrainConfig.from_dict(c.to_dict()) == c``."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a training config must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(k for k in data if k not in known)
-        if unknown:
-            raise ConfigError(
-                f"unknown training config key(s): {', '.join(map(str, unknown))} "
-                f"(known: {', '.join(sorted(known))})"
-            )
-        missing = [
-            f.name
-            for f in fields(cls)
-            if f.default is MISSING and f.default_factory is MISSING and f.name not in data
-        ]
-        if missing:
-            raise ConfigError(f"training config is missing required key(s): {', '.join(missing)}")
-        return cls(**dict(data))

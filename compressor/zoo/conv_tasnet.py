@@ -14,14 +14,13 @@ frames inside ``forward`` and the output is cropped back.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
 
 _NORMS = ("gLN", "cLN")
@@ -30,7 +29,7 @@ _INT_FIELDS = ("N", "L", "B", "H", "P", "X", "R", "num_sources")
 
 
 @dataclass(frozen=True)
-class ConvTasNetConfig:
+class ConvTasNetConfig(JsonConfig):
     """Hyper-parameters of Conv-TasNet, named as in the paper.
 
     N: encoder filters; L: filter length (samples, even; hop is L // 2);
@@ -88,23 +87,6 @@ class ConvTasNetConfig:
                 "ConvTasNetConfig: mask_nonlinear='softmax' (over sources) "
                 f"needs num_sources >= 2, got {self.num_sources}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ConvTasNetConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"ConvTasNetConfig.from_dict expects a dict, got {type(data).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(
-                    f"ConvTasNetConfig: unknown key {key!r}; known keys: {sorted(known)}"
-                )
-        return cls(**data)
 
 
 class GlobalLayerNorm(nn.Module):
