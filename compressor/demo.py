@@ -28,6 +28,7 @@ class DemoConfig(JsonConfig):
     qat_batch_size: int = 4
     segment_seconds: float = 2.0
     ptq_calibration: str = "mse"
+    ptq_calib_batches: int = 16
     max_items: int | None = None
     seed: int = 0
 
@@ -57,7 +58,8 @@ def run_demo(out_dir: Path, config: DemoConfig, progress: bool = True, log=print
 
     log("2/3 PTQ (8-bit weights and activations, input and output included)")
     t0 = time.perf_counter()
-    ptq = get_recipe("ptq").from_options({"calibration": config.ptq_calibration, "seed": config.seed})
+    ptq = get_recipe("ptq").from_options({"calibration": config.ptq_calibration, "seed": config.seed,
+                                          "calib_batches": config.ptq_calib_batches})
     ptq_model = ptq.run(RecipeContext(loaded.model, train_set, None, out_dir / "ptq.run", progress=progress))
     timings["ptq"] = time.perf_counter() - t0
     save_quantized(out_dir / "ptq.pt", ptq_model, loaded.arch, ptq.describe(), {"float_model": str(checkpoint)})

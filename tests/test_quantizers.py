@@ -105,3 +105,30 @@ def test_observe_mode_is_identity_and_records_range():
     assert torch.equal(q(x), x)
     assert q.running_min.item() == pytest.approx(x.min().item())
     assert q.running_max.item() == pytest.approx(x.max().item())
+
+
+def test_training_and_inference_paths_agree():
+    """With gradients the LSQ Function runs, without them torch's native kernel: same values."""
+    q = ActivationQuantizer(bits=8)
+    q.set_range(-0.7, 1.9)
+    x = torch.randn(4, 1000) * 1.5
+    with torch.no_grad():
+        fast = q(x)
+    slow = q(x.clone().requires_grad_(True))
+    assert torch.equal(fast, slow.detach())
+    w = torch.randn(8, 3, 5)
+    wq = WeightQuantizer(w, bits=7, axis=0)
+    with torch.no_grad():
+        fast = wq(w)
+    assert torch.equal(fast, wq(w.clone().requires_grad_(True)).detach())
+
+
+def test_zero_point_gradient_is_lsq_plus():
+    q = ActivationQuantizer(bits=8)
+    q.set_range(-1.0, 1.0)
+    x = torch.tensor([[0.5, 9.0, -9.0, 0.1]])
+    q(x).sum().backward()
+    s = q.scale.detach().item()
+    g = 1.0 / math.sqrt(4 * 127)
+    # only the two clipped values move the output when the offset moves: -s each
+    assert q.zero_point.grad.item() == pytest.approx(-2 * s * g, rel=1e-5)

@@ -25,7 +25,7 @@ FIXED_QPARAMS = {
     "tanh": lambda bits: (1.0 / 2 ** (bits - 1), 0),
 }
 
-_RESERVOIR = 1 << 18  # samples kept per quantizer for the MSE range search
+_RESERVOIR = 1 << 16  # samples kept per quantizer for the MSE range search
 
 
 def signed_range(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -155,20 +155,16 @@ class WeightQuantizer(_Quantizer):
         self.scale = nn.Parameter(torch.ones(channels))
         self.set_scale_from(weight, method="minmax")
 
-    def _view(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        if self.axis is None:
-            return t.reshape(())
-        shape = [1] * like.dim()
-        shape[self.axis] = -1
-        return t.reshape(shape)
-
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.mode != "quantize":
             return w
         per_channel = w.numel() // self.scale.numel()
         grad_scale = 1.0 / math.sqrt(max(per_channel, 1) * self.qmax)
-        scale = self._view(self.scale.abs().clamp_min(1e-12), w)
-        return fake_quantize(w, scale, torch.zeros((), device=w.device), self.qmin, self.qmax, grad_scale)
+        scale = self.scale.abs().clamp_min(1e-12)
+        zero = torch.zeros_like(scale)
+        if self.axis is None:
+            return fake_quantize(w, scale.reshape(()), zero.reshape(()), self.qmin, self.qmax, grad_scale)
+        return fake_quantize(w, scale, zero, self.qmin, self.qmax, grad_scale, axis=self.axis)
 
     def _channels(self, w: torch.Tensor) -> torch.Tensor:
         w = w.detach().float()
