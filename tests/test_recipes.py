@@ -20,8 +20,8 @@ def _ctx(model, demo_sets, tmp_path):
 
 
 def _qat(steps, lr, quantizer_lr):
-    return QATConfig(steps=steps, batch_size=2, lr=lr, quantizer_lr=quantizer_lr, calib_batches=2,
-                     checkpoint_every=steps, validate_every=steps)
+    return QATConfig(steps=steps, batch_size=2, lr=lr, quantizer_lr=quantizer_lr, zero_point_lr=quantizer_lr * 10,
+                     calib_batches=2, checkpoint_every=steps, validate_every=steps)
 
 
 def test_unknown_recipe_and_option():

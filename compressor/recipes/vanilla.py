@@ -20,7 +20,11 @@ class QATConfig(JsonConfig):
     steps: int = 200
     batch_size: int = 4
     lr: float = 1e-4
+    # Adam moves every parameter by about its learning rate per step, so a
+    # step size s gets lr = quantizer_lr * s (relative), and zero-points,
+    # counted in integer steps, their own absolute rate.
     quantizer_lr: float = 1e-3
+    zero_point_lr: float = 1e-2
     grad_clip: float = 5.0
     calib_batches: int = 8
     checkpoint_every: int = 50
@@ -45,12 +49,28 @@ def prepare_qat_model(ctx: RecipeContext, config: QATConfig) -> QuantizedModel:
     return calibrate(qmodel, batches, "minmax", progress=ctx.progress)
 
 
+def quantizer_param_groups(qmodel: QuantizedModel, relative_lr: float, zero_point_lr: float) -> list[dict[str, Any]]:
+    """Adam groups for the LSQ parameters: each step size with a learning rate
+    relative to its own magnitude, all zero-points with one absolute rate."""
+    groups: list[dict[str, Any]] = []
+    zero_points = []
+    for name, q in qmodel.quantizers().items():
+        scale = getattr(q, "scale", None)
+        if isinstance(scale, nn.Parameter) and scale.requires_grad:
+            lr = relative_lr * float(scale.detach().abs().mean())
+            groups.append({"params": [scale], "lr": lr, "name": f"{name}.scale"})
+        zp = getattr(q, "zero_point", None)
+        if isinstance(zp, nn.Parameter) and zp.requires_grad:
+            zero_points.append(zp)
+    if zero_points:
+        groups.append({"params": zero_points, "lr": zero_point_lr, "name": "zero_points"})
+    return groups
+
+
 def run_qat(qmodel: QuantizedModel, ctx: RecipeContext, config: QATConfig,
             on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> QuantizedModel:
     """Retrain all weights and LSQ step sizes/zero-points with negative SI-SNR."""
-    groups: list[dict[str, Any]] = [
-        {"params": list(qmodel.quantizer_parameters()), "lr": config.quantizer_lr, "name": "quantizers"},
-    ]
+    groups = quantizer_param_groups(qmodel, config.quantizer_lr, config.zero_point_lr)
     train(qmodel, ctx.train_set, ctx.valid_set, neg_si_snr_loss, config.train_config(), ctx.out_dir,
           resume=ctx.resume, param_groups=groups, on_checkpoint=on_checkpoint, progress=ctx.progress)
     return qmodel
