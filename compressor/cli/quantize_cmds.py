@@ -68,8 +68,8 @@ def _common(func):
               help=f"Recipe: {', '.join(list_recipes())}.")
 @click.option("--steps", type=int, help="QAT optimizer steps (vanilla default 200).")
 @click.option("--batch-size", type=int, help="Items per batch (default 4).")
-@click.option("--lr", type=float, help="Learning rate of the weights (default 1e-4).")
-@click.option("--quantizer-lr", type=float, help="Learning rate of each LSQ step size, relative to the step size (default 1e-3).")
+@click.option("--lr", type=float, help="Learning rate of the weights (default 3e-5).")
+@click.option("--quantizer-lr", type=float, help="Learning rate of each LSQ step size, relative to the step size (default 5e-3).")
 @click.option("--checkpoint-every", type=int, help="Steps between resumable state writes (default 50).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the resumable training state goes (default: OUT without suffix + '.run').")

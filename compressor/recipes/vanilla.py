@@ -19,11 +19,11 @@ class QATConfig(JsonConfig):
     activation_bits: int = 8
     steps: int = 200
     batch_size: int = 4
-    lr: float = 1e-4
+    lr: float = 3e-5
     # Adam moves every parameter by about its learning rate per step, so a
     # step size s gets lr = quantizer_lr * s (relative), and zero-points,
     # counted in integer steps, their own absolute rate.
-    quantizer_lr: float = 1e-3
+    quantizer_lr: float = 5e-3
     zero_point_lr: float = 1e-2
     grad_clip: float = 5.0
     calib_batches: int = 8
