@@ -39,9 +39,8 @@ def test_foreign_models_fully_quantized(cls, make_input):
     for ph in (n for n in graph.nodes if n.op == "placeholder"):
         assert any(_is_quantizer_call(u) for u in ph.users), f"input {ph.name} is not quantized"
     # every weight of a linear op is quantized, and the output is quantized
-    params = {n for n in graph.nodes if n.op == "get_attr"}
-    for p in params:
-        assert all(_is_quantizer_call(u) for u in p.users if u.op == "call_function" or _is_quantizer_call(u))
+    for p in (n for n in graph.nodes if n.op == "get_attr"):
+        assert not any(u.op == "call_function" for u in p.users), f"{p.target} reaches an op unquantized"
     out = next(n for n in graph.nodes if n.op == "output")
     for arg in out.args[0] if isinstance(out.args[0], (tuple, list)) else [out.args[0]]:
         src = arg
@@ -67,7 +66,6 @@ def test_foreign_models_fully_quantized(cls, make_input):
 def test_outputs_on_int8_grid():
     model = TinyAttention()
     qm = _quantize_calibrated(model, lambda: torch.randn(2, 5, 8))
-    out_q = [q for q in qm.activation_quantizers().values()]
     # the last quantizer in graph order is the output's
     last = [n for n in qm.graph_module.graph.nodes if _is_quantizer_call(n)][-1]
     q = qm.graph_module.get_submodule(last.target)
@@ -77,7 +75,6 @@ def test_outputs_on_int8_grid():
     codes = y / scale + zp
     assert torch.allclose(codes, codes.round(), atol=1e-3)
     assert codes.round().min() >= -128 and codes.round().max() <= 127
-    assert out_q
 
 
 def test_concat_inputs_share_one_quantizer():

@@ -41,22 +41,8 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor | tuple], m
         if method == "mse":
             lo, hi = mse_range(q.observed_samples(), lo, hi, q.qmin, q.qmax)
         q.set_range(lo, hi)
-    params = dict(qmodel.graph_module.named_parameters())
-    by_safe_name = {k.replace(".", "_"): p for k, p in params.items()}
-    for name, wq in qmodel.weight_quantizers().items():
-        weight = by_safe_name.get(name[2:])
-        if weight is None:
-            weight = _buffer(qmodel, name[2:])
+    for wq, weight in qmodel.weight_tensors().values():
         wq.set_scale_from(weight, method)
     qmodel.set_mode("quantize")
     return qmodel
 
-
-def _buffer(qmodel: QuantizedModel, safe_name: str) -> torch.Tensor:
-    for k, b in qmodel.graph_module.named_buffers():
-        if k.replace(".", "_") == safe_name:
-            return b
-    for k in dir(qmodel.graph_module):
-        if k.replace(".", "_") == safe_name:
-            return getattr(qmodel.graph_module, k)
-    raise ConfigError(f"no tensor found for quantizer of {safe_name}")

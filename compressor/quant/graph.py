@@ -249,14 +249,11 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
             q = graph.call_module(f"{QUANTIZER_ROOT}.{name}", (bias,))
         op.replace_input_with(bias, q)
 
-    const_count = 0
     for const in planner.constants:
-        tensor = _get_attr_value(gm, const.target)
+        tensor = get_attr_value(gm, const.target)
         name = f"c_{_safe(const.target)}"
         root.add_module(name, WeightQuantizer(tensor, config.weight_bits, axis=None))
-        q = _insert_after(graph, const, f"{QUANTIZER_ROOT}.{name}")
-        const_count += 1
-        del q
+        _insert_after(graph, const, f"{QUANTIZER_ROOT}.{name}")
 
     graph.lint()
     gm.recompile()
@@ -264,7 +261,7 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
         "activation_quantizers": len(act_module),
         "weight_quantizers": len(weight_module),
         "bias_quantizers": len(planner.biases),
-        "constant_quantizers": const_count,
+        "constant_quantizers": len(planner.constants),
     }
 
 
@@ -275,7 +272,7 @@ def _strip_quant(node: Any) -> Any:
     return node
 
 
-def _get_attr_value(gm: fx.GraphModule, target: str) -> torch.Tensor:
+def get_attr_value(gm: fx.GraphModule, target: str) -> torch.Tensor:
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)

@@ -9,7 +9,7 @@ from torch import nn
 
 from compressor.errors import UnsupportedOpError
 from compressor.quant.config import QuantConfig
-from compressor.quant.graph import QUANTIZER_ROOT, insert_quantizers
+from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, insert_quantizers
 from compressor.quant.quantizers import (
     ActivationQuantizer,
     BiasQuantizer,
@@ -72,17 +72,22 @@ class QuantizedModel(nn.Module):
             if id(p) not in qids:
                 yield p
 
+    def weight_tensors(self) -> dict[str, tuple[WeightQuantizer, torch.Tensor]]:
+        """Each weight/constant quantizer with the float tensor it quantizes (read off the graph)."""
+        prefix = f"{QUANTIZER_ROOT}."
+        out = {}
+        for node in self.graph_module.graph.nodes:
+            if node.op == "call_module" and str(node.target).startswith(prefix) and node.args[0].op == "get_attr":
+                quantizer = self.graph_module.get_submodule(node.target)
+                if isinstance(quantizer, WeightQuantizer):
+                    tensor = get_attr_value(self.graph_module, node.args[0].target)
+                    out[str(node.target)[len(prefix):]] = (quantizer, tensor)
+        return out
+
     def quantized_weights(self) -> dict[str, torch.Tensor]:
         """Each weight as the deployed model holds it (after fake quantization)."""
-        out = {}
-        params = dict(self.graph_module.named_parameters())
-        for name, q in self.weight_quantizers().items():
-            target = name[2:]
-            match = next((p for k, p in params.items() if k.replace(".", "_") == target), None)
-            if match is not None:
-                with torch.no_grad():
-                    out[name] = q(match)
-        return out
+        with torch.no_grad():
+            return {name: q(w) for name, (q, w) in self.weight_tensors().items()}
 
 
 def _default_dynamic_shapes(example_inputs: Sequence[torch.Tensor]) -> tuple:

@@ -24,9 +24,6 @@ import torch
 
 aten = torch.ops.aten
 
-KINDS = ("weighted", "compute", "fixed", "move", "shared", "relu")
-
-
 @dataclass(frozen=True)
 class OpRule:
     kind: str
@@ -109,10 +106,5 @@ def rule_for(target: object) -> OpRule | None:
 
 
 def op_name(target: object) -> str:
-    name = getattr(target, "__name__", None) or str(target)
-    return str(target) if "aten" in str(target) else name
-
-
-def supported_ops() -> list[tuple[str, str]]:
-    """(op, kind) for every op the quantizer handles, for docs and reports."""
-    return sorted((op_name(op), rule.kind) for op, rule in OP_RULES.items())
+    """'aten.conv1d.default' for ATen ops, the function name otherwise."""
+    return str(target) if isinstance(target, torch._ops.OpOverload) else getattr(target, "__name__", str(target))

@@ -89,7 +89,26 @@ class ConvTasNetConfig(JsonConfig):
             )
 
 
-class GlobalLayerNorm(nn.Module):
+class _LayerNorm(nn.Module):
+    """Normalise over ``dims`` with explicit ops, then a per-channel affine."""
+
+    dims: tuple[int, ...]
+
+    def __init__(self, channels: int, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(1, channels, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, T)
+        mean = x.mean(dim=self.dims, keepdim=True)
+        d = x - mean
+        var = (d * d).mean(dim=self.dims, keepdim=True)
+        y = d * torch.rsqrt(var + self.eps)
+        return y * self.gamma + self.beta
+
+
+class GlobalLayerNorm(_LayerNorm):
     """gLN: normalise over channels and time of each item, then affine.
 
     Written as explicit ops (mean, sub, mul, mean, add, rsqrt, mul, mul, add)
@@ -97,35 +116,13 @@ class GlobalLayerNorm(nn.Module):
     ``d * d`` rather than ``pow``.
     """
 
-    def __init__(self, channels: int, eps: float = 1e-8) -> None:
-        super().__init__()
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.ones(1, channels, 1))
-        self.beta = nn.Parameter(torch.zeros(1, channels, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, T)
-        mean = x.mean(dim=(1, 2), keepdim=True)
-        d = x - mean
-        var = (d * d).mean(dim=(1, 2), keepdim=True)
-        y = d * torch.rsqrt(var + self.eps)
-        return y * self.gamma + self.beta
+    dims = (1, 2)
 
 
-class ChannelwiseLayerNorm(nn.Module):
+class ChannelwiseLayerNorm(_LayerNorm):
     """cLN: normalise each frame over channels only (causal), then affine."""
 
-    def __init__(self, channels: int, eps: float = 1e-8) -> None:
-        super().__init__()
-        self.eps = eps
-        self.gamma = nn.Parameter(torch.ones(1, channels, 1))
-        self.beta = nn.Parameter(torch.zeros(1, channels, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, T)
-        mean = x.mean(dim=1, keepdim=True)
-        d = x - mean
-        var = (d * d).mean(dim=1, keepdim=True)
-        y = d * torch.rsqrt(var + self.eps)
-        return y * self.gamma + self.beta
+    dims = (1,)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
