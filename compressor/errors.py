@@ -32,3 +32,15 @@ class ConfigError(CompressorError):
 
 class TrainingError(CompressorError):
     """Training cannot start or continue (bad resume state, diverged loss)."""
+
+
+class ExportError(CompressorError):
+    """A quantized model cannot be lowered to an int8 file (names the layer and op)."""
+
+
+class ParityError(ExportError):
+    """An exported file does not compute what the simulated model computes."""
+
+
+class RuntimeLoadError(CompressorError):
+    """A model file cannot be opened by a runtime (corrupt, truncated, unknown format)."""

@@ -135,3 +135,45 @@ def test_zero_point_gradient_is_lsq_plus():
     g = 1.0 / math.sqrt(4 * 127)
     # only the two clipped values move the output when the offset moves: -s each
     assert q.zero_point.grad.item() == pytest.approx(-2 * s * g, rel=1e-5)
+
+
+@pytest.mark.parametrize("scale, zero_point", [(0.0173, -7.4), (1 / 3, 0.0), (0.02, 3.0)])
+def test_compiled_kernels_equal_torch_fused_kernels(scale, zero_point):
+    """Large activations take the compiled path: same values and LSQ gradients as torch's kernels.
+
+    A linspace over the clipping edges holds rounding ties and both clipped tails.
+    """
+    from compressor.quant import fake_quant
+
+    x_ref = torch.cat([torch.linspace(-4, 4, 20001), torch.randn(20000) * 2]).reshape(2, 4, 5000)
+    assert x_ref.numel() >= fake_quant._COMPILE_MIN_NUMEL
+    grad = torch.randn_like(x_ref)
+    results = []
+    for path in ("ours", "torch"):
+        x = x_ref.clone().requires_grad_(True)
+        s = torch.tensor([scale], requires_grad=True)
+        z = torch.tensor([zero_point], requires_grad=True)
+        if path == "ours":
+            y = fake_quantize(x, s, z, -128, 127, grad_scale=0.01)
+        else:
+            y = torch._fake_quantize_learnable_per_tensor_affine(x, s, z, -128, 127, 0.01)
+        y.backward(grad)
+        results.append((y.detach(), x.grad, s.grad, z.grad))
+    (y, gx, gs, gz), (y_ref, gx_ref, gs_ref, gz_ref) = results
+    assert torch.equal(y, y_ref)
+    with torch.no_grad():
+        assert torch.equal(fake_quantize(x_ref, torch.tensor(scale), torch.tensor(zero_point), -128, 127), y_ref)
+    # a code that lands exactly on a clipping edge may count as inside in one kernel only
+    assert (gx != gx_ref).sum() <= 2
+    assert torch.allclose(gs, gs_ref, rtol=1e-3) and torch.allclose(gz, gz_ref, rtol=1e-3, atol=1e-7)
+
+
+def test_compiled_kernels_are_in_use():
+    """The speed of QAT rests on them; a silent fall-back to eager would hide a 2x slowdown."""
+    import os
+
+    from compressor.quant import fake_quant
+
+    if os.environ.get("COMPRESS_NO_COMPILE", "") not in ("", "0"):
+        pytest.skip("compiled kernels switched off by COMPRESS_NO_COMPILE")
+    assert fake_quant._kernels().compiled is True

@@ -20,11 +20,25 @@ def main() -> None:
     compress ptq MODEL         post-training quantization
     compress qat MODEL         quantization-aware training (--recipe vanilla)
     compress eval MODEL...     quality, float and simulated side by side
+    compress export MODEL      integer-only .tflite / QDQ .onnx, verified
+    compress run MODEL IN OUT  enhance a WAV with any model file
     """
 
 
 for command in (demo_cmd, train_cmd, qat_cmd, ptq_cmd, eval_cmd):
     main.add_command(command)
+
+
+def _plugin_commands() -> None:
+    """export/run/bench live in exporters/runtimes/benchmarks, which compressor must not import
+    (data flows one way); they register as entry points in pyproject.toml."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="compress.commands"):
+        main.add_command(entry.load(), entry.name)
+
+
+_plugin_commands()
 
 if __name__ == "__main__":
     main()

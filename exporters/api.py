@@ -1,0 +1,203 @@
+"""``export()``: a quantized model to a verified int8 file, written atomically."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import torch
+
+from compressor.configs import JsonConfig
+from compressor.errors import ConfigError, ExportError, ParityError
+from compressor.fileio import atomic_path
+from compressor.quant.model import QuantizedModel
+from exporters import float_ops, onnx_export, tflite_export
+from exporters.lowering import LoweredModel, lower
+from exporters.metadata import DeployMetadata, TensorSpec
+from exporters.sessions import open_session
+from exporters.verify import Verification, compare, drift_report, lowered_tensors
+
+log = logging.getLogger(__name__)
+TARGETS = ("onnx", "tflite")
+
+
+@dataclass(frozen=True)
+class ExportConfig(JsonConfig):
+    """How ``export()`` writes and checks a file.
+
+    chunk_seconds: the file's fixed input length (runtimes chunk longer audio);
+    uint8_activations: ONNX only, activations as uint8 (ORT fuses Add/Mul only then);
+    tolerance_lsb: largest allowed difference to the simulation, in output LSBs;
+    allow_float: op names that may stay float (listed in the report), else export fails.
+    """
+
+    target: str = "tflite"
+    sample_rate: int = 16000
+    chunk_seconds: float = 2.0
+    uint8_activations: bool = True
+    verify: bool = True
+    tolerance_lsb: float = 1.0
+    verify_chunks: int = 4
+    allow_float: tuple[str, ...] = ()
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown export target {self.target!r}; expected one of {TARGETS}")
+        if self.chunk_seconds <= 0 or self.sample_rate <= 0:
+            raise ConfigError("chunk_seconds and sample_rate must be positive")
+
+    @property
+    def chunk_samples(self) -> int:
+        return int(round(self.chunk_seconds * self.sample_rate))
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    metadata: DeployMetadata
+    verification: Verification | None
+    ops: dict[str, Any]
+    rewrites: dict[str, int]
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "target": self.metadata.target, "bytes": self.path.stat().st_size,
+                "verification": self.verification.to_dict() if self.verification else None,
+                "ops": self.ops, "rewrites": self.rewrites, "seconds": round(self.seconds, 1), **self.extra}
+
+
+def _input_shape(qmodel: QuantizedModel, cfg: ExportConfig) -> list[int]:
+    shape = list(qmodel.example_shapes[0])
+    shape[0] = 1
+    if len(shape) == 2:  # (batch, time): audio in, the file takes one chunk
+        shape[1] = cfg.chunk_samples
+    return shape
+
+
+def deploy_metadata(qmodel: QuantizedModel, lowered: LoweredModel, cfg: ExportConfig,
+                    model_info: dict[str, Any]) -> DeployMetadata:
+    """The metadata a file exported with ``cfg`` carries (also what the simulation runtime uses)."""
+    input_shape = _input_shape(qmodel, cfg)
+    with torch.no_grad():
+        out = qmodel(torch.zeros(input_shape))
+    output_shape = list((out[0] if isinstance(out, (tuple, list)) else out).shape)
+    model_info = dict(model_info)
+    splitter, combiner = model_info.pop("splitter", None), model_info.pop("combiner", None)
+    io_dtype = "uint8" if (cfg.target == "onnx" and cfg.uint8_activations) else "int8"
+    shift = 128 if io_dtype == "uint8" else 0
+    p_in, p_out = lowered.inputs[0], lowered.outputs[0]
+    sources = output_shape[1] if len(output_shape) == 3 else 1
+    return DeployMetadata(
+        target=cfg.target, sample_rate=cfg.sample_rate, chunk_samples=input_shape[-1], num_sources=sources,
+        inputs=[TensorSpec("audio_q", io_dtype, input_shape, p_in.scale, p_in.zero_point + shift,
+                           "batch,time" if len(input_shape) == 2 else "as traced")],
+        outputs=[TensorSpec("output_q", io_dtype, output_shape, p_out.scale, p_out.zero_point + shift,
+                            "batch,sources,time" if len(output_shape) == 3 else "as traced")],
+        model={**model_info, "quant_config": qmodel.config.to_dict()},
+        splitter=splitter, combiner=combiner,
+        allowed_float_ops=list(cfg.allow_float),
+    )
+
+
+def _verification_chunks(calibration: Sequence[np.ndarray] | None, shape: list[int], n: int) -> list[np.ndarray]:
+    if calibration is not None:
+        chunks = []
+        for audio in calibration:
+            audio = np.asarray(audio, np.float32).reshape(-1)
+            size = int(np.prod(shape))
+            if audio.size < size:
+                audio = np.pad(audio, (0, size - audio.size))
+            chunks.append(audio[:size].reshape(shape))
+            if len(chunks) >= n:
+                break
+        if chunks:
+            return chunks
+    # no data given: speech-like noise at a typical level still exercises every layer
+    rng = np.random.default_rng(0)
+    return [(rng.standard_normal(int(np.prod(shape))) * 0.05).astype(np.float32).reshape(shape) for _ in range(n)]
+
+
+def export(qmodel: QuantizedModel, target: str, path: str | Path, *, config: ExportConfig | None = None,
+           calibration: Sequence[np.ndarray] | None = None, model_info: dict[str, Any] | None = None,
+           verify: bool | None = None) -> ExportResult:
+    """Lower ``qmodel`` to an int8 ``target`` file at ``path``; verify it against the simulation.
+
+    Nothing is written at ``path`` unless the file converted, holds no float
+    compute op (outside ``allow_float``) and, with verification on, matches
+    the simulation within ``tolerance_lsb`` on the calibration audio.
+    """
+    start = time.perf_counter()
+    cfg = config or ExportConfig(target=target)
+    if cfg.target != target:
+        cfg = ExportConfig(**{**cfg.to_dict(), "target": target})
+    if verify is not None and verify != cfg.verify:
+        cfg = ExportConfig(**{**cfg.to_dict(), "verify": verify})
+    if not isinstance(qmodel, QuantizedModel):
+        raise ExportError(f"export() needs a quantized model (got {type(qmodel).__name__}); run PTQ or QAT first")
+    path = Path(path)
+    qmodel.eval()
+    shape = _input_shape(qmodel, cfg)
+    lowered = lower(qmodel, int8_io=(target == "onnx"))
+    x_float = torch.zeros(shape)
+    metadata = deploy_metadata(qmodel, lowered, cfg, model_info or {})
+
+    with tempfile.TemporaryDirectory(prefix="compress-export-") as tmp:
+        scratch = Path(tmp) / f"model.{'onnx' if target == 'onnx' else 'tflite'}"
+        extra: dict[str, Any] = {}
+        if target == "onnx":
+            example = torch.zeros(shape, dtype=torch.int8)
+            model, extra = onnx_export.build_onnx(lowered, example, metadata, Path(tmp) / "raw.onnx",
+                                                  cfg.uint8_activations)
+            onnx.save(model, str(scratch))
+            ops = float_ops.onnx_ops(model)
+        else:
+            scratch.write_bytes(tflite_export.build_tflite(lowered, x_float, metadata))
+            ops = float_ops.tflite_ops(scratch)
+        float_ops.check(ops, cfg.allow_float, target)
+        verification = None
+        if cfg.verify:
+            verification = _verify(qmodel, lowered, scratch, cfg, calibration, shape)
+        with atomic_path(path) as tmp_out:
+            Path(tmp_out).write_bytes(scratch.read_bytes())
+    return ExportResult(path, metadata, verification, ops, lowered.rewrites, time.perf_counter() - start, extra)
+
+
+def _verify(qmodel: QuantizedModel, lowered: LoweredModel, file: Path, cfg: ExportConfig,
+            calibration: Sequence[np.ndarray] | None, shape: list[int]) -> Verification:
+    runtime = open_session(file, threads=cfg.threads)
+    chunks = _verification_chunks(calibration, shape, cfg.verify_chunks)
+    result = compare(qmodel, runtime, chunks, cfg.tolerance_lsb)
+    log.info("verification on %s: max %d LSB, mean %.4f LSB over %d chunks", runtime.name, result.max_lsb,
+             result.mean_lsb, result.inputs)
+    if not result.passed:
+        result.drift = _drift(lowered, file, cfg, runtime, chunks[0])
+        lines = "\n  ".join(f"{r['tensor']}: max {r['max_lsb']} LSB, mean {r['mean_lsb']}" for r in result.drift)
+        raise ParityError(
+            f"the exported {cfg.target} file differs from the simulated model by up to {result.max_lsb} LSB of the "
+            f"output scale (tolerance {cfg.tolerance_lsb:g}) on {runtime.name}; nothing was written.\n"
+            f"Where the drift starts (first int8 tensors that differ, in graph order):\n  {lines or '(not located)'}"
+        )
+    return result
+
+
+def _drift(lowered: LoweredModel, file: Path, cfg: ExportConfig, runtime: Any, audio: np.ndarray) -> list[dict[str, Any]]:
+    spec = runtime.metadata.inputs[0]
+    codes = spec.quantize(audio.reshape(spec.shape))
+    int8_codes = (codes.astype(np.int16) - (128 if spec.dtype == "uint8" else 0)).astype(np.int8)
+    expected = lowered_tensors(lowered, int8_codes, float_input=(cfg.target == "tflite"))
+    try:
+        if cfg.target == "onnx":
+            got, shift = onnx_export.intermediate_tensors(file, list(expected), codes), 128 if cfg.uint8_activations else 0
+        else:
+            got, shift = tflite_export.intermediate_tensors(file, list(expected), codes), 0
+    except Exception as exc:  # the report is a diagnosis aid; never mask the parity failure itself
+        log.warning("could not collect intermediate tensors for the drift report: %s", exc)
+        return []
+    return drift_report(expected, got, {name: shift for name in expected})

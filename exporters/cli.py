@@ -1,0 +1,123 @@
+"""``compress export``: a model file to a verified integer-only .tflite or QDQ .onnx."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from compressor.checkpoint import LoadedModel
+from compressor.cli.common import data_option, handle_errors, load, model_options, set_threads, setup_logging
+from compressor.errors import ConfigError, ExportError
+from exporters.api import ExportConfig, export
+
+
+def _quantized(loaded: LoadedModel, calib: str, strict_audio: bool, reduce_range: bool, seed: int):
+    """The quantized model to export: the checkpoint's own, or PTQ of a float model."""
+    if loaded.quantized:
+        bits = loaded.model.config.weight_bits
+        if reduce_range and bits != 7:
+            raise ConfigError(
+                f"{loaded.path} was trained with {bits}-bit weights; --reduce-range needs a model trained with "
+                "7-bit weights (compress qat --weight-bits 7), requantizing would change what was trained")
+        return loaded.model, {"recipe": (loaded.recipe or {}).get("name", "unknown")}
+    from compressor.cli.common import training_sets
+    from compressor.recipes import RecipeContext, get_recipe
+
+    click.echo(f"{loaded.path} is a float model: post-training quantization on {calib!r} first")
+    train_set, _ = training_sets(calib, None, 2.0, seed, strict_audio)
+    recipe = get_recipe("ptq").from_options({"weight_bits": 7 if reduce_range else 8, "seed": seed})
+    qmodel = recipe.run(RecipeContext(loaded.model, train_set, None, Path("."), progress=True))
+    return qmodel, {"recipe": "ptq", "calibration_data": calib}
+
+
+def _verification_audio(calib: str, strict_audio: bool, seconds: float, count: int, seed: int):
+    from compressor.cli.common import training_sets
+    from compressor.recipes.base import calibration_batches
+
+    train_set, _ = training_sets(calib, None, seconds, seed + 1, strict_audio)
+    return [batch[0].numpy() for batch in calibration_batches(train_set, count, 1, seed + 1)]
+
+
+@click.command("export")
+@model_options
+@click.option("--target", type=click.Choice(["tflite", "onnx"]), required=True,
+              help="tflite: integer-only int8 LiteRT file; onnx: QDQ ONNX for onnxruntime.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file (default: MODEL with .tflite/.onnx).")
+@data_option(help_extra="Calibration audio for PTQ of a float MODEL and for verifying the file.")
+@click.option("--calib", "calib", help="Same as --data (the issue's name for it).")
+@click.option("--reduce-range", is_flag=True,
+              help="7-bit weights for onnxruntime on x86 without VNNI (automatic for models trained with them).")
+@click.option("--chunk-seconds", default=2.0, show_default=True,
+              help="The file's fixed input length; runtimes cut longer audio into overlapping chunks.")
+@click.option("--sample-rate", default=16000, show_default=True, help="Sample rate the model works at (stored in the file).")
+@click.option("--int8-activations", is_flag=True,
+              help="onnx: keep int8 activations (default uint8, which ORT needs to fuse Add/Mul).")
+@click.option("--no-verify", is_flag=True, help="Skip running the file against the simulated model.")
+@click.option("--tolerance-lsb", default=1.0, show_default=True,
+              help="Largest allowed output difference to the simulation, in LSBs of the output scale.")
+@click.option("--allow-float", default="", metavar="OPS",
+              help="Comma-separated op names that may stay float (listed in the report); otherwise export fails.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write the export report as JSON.")
+@click.option("--threads", type=int, help="Threads for PTQ and verification.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_audio, calib, reduce_range, chunk_seconds,
+               sample_rate, int8_activations, no_verify, tolerance_lsb, allow_float, report, threads, seed, verbose):
+    """Export MODEL as an integer-only int8 file that computes what was trained.
+
+    MODEL is a quantized checkpoint (compress qat / ptq), or a float model (our
+    checkpoint, a .pt2, or a state_dict with --model-factory), which is first
+    quantized by PTQ on the calibration data. Every op of the file is int8,
+    its input and output included; the file is run on calibration audio and
+    compared with the simulated model, and nothing is written when it
+    differs by more than --tolerance-lsb (a per-layer drift report says where).
+    """
+    setup_logging(verbose)
+    set_threads(threads)
+    calib = calib or data
+    out = out or model.with_suffix(f".{target}")
+    if out.resolve() == Path(model).resolve():
+        raise ExportError(f"--out {out} would overwrite the model file")
+    _check_writable(out)
+    loaded = load(model, model_factory, trust_pickle)
+    qmodel, info = _quantized(loaded, calib, strict_audio, reduce_range, seed)
+    info.update({"source": str(model), "sample_rate": sample_rate})
+    if loaded.arch is not None:
+        info["architecture"] = loaded.arch.describe()
+    cfg = ExportConfig(target=target, sample_rate=int(loaded.info.get("sample_rate", sample_rate)),
+                       chunk_seconds=chunk_seconds, uint8_activations=not int8_activations, verify=not no_verify,
+                       tolerance_lsb=tolerance_lsb, threads=threads,
+                       allow_float=tuple(op.strip() for op in allow_float.split(",") if op.strip()))
+    audio = None if no_verify else _verification_audio(calib, strict_audio, chunk_seconds, cfg.verify_chunks, seed)
+    click.echo(f"exporting to {target} ({'verifying against the simulation' if cfg.verify else 'no verification'}) ...")
+    result = export(qmodel, target, out, config=cfg, calibration=audio, model_info=info)
+    summary = result.to_dict()
+    v = result.verification
+    click.echo(f"wrote {out} ({summary['bytes'] / 1024:.1f} KiB, {result.seconds:.0f} s)")
+    click.echo(f"  ops: {', '.join(f'{k} x{n}' for k, n in sorted(result.ops['count'].items()))}")
+    click.echo(f"  float compute ops: {result.ops['float_op_count']}"
+               + (f" (allowed: {', '.join(cfg.allow_float)})" if cfg.allow_float else ""))
+    if v is not None:
+        click.echo(f"  parity with the simulation on {v.runtime}: max {v.max_lsb} LSB, mean {v.mean_lsb:.4f} LSB "
+                   f"over {v.inputs} chunks of {chunk_seconds:g} s")
+    if report:
+        from compressor.fileio import write_text_atomic
+
+        write_text_atomic(report, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before minutes of work, not after, when the output cannot be written."""
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    import os
+
+    if not os.access(probe, os.W_OK):
+        raise ExportError(f"cannot write {out}: {probe} is not writable")
+    if out.is_dir():
+        raise ExportError(f"cannot write {out}: it is a directory")

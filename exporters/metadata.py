@@ -1,0 +1,93 @@
+"""What a deployed file carries about itself, inside the file.
+
+Runtimes need the input/output qparams, the sample rate, the fixed chunk
+length, the source count and (for FQSE models) the splitter/combiner
+parameters. They travel as one JSON document inside the model file: an
+ONNX ``metadata_props`` entry, a TFLite ``metadata`` buffer, both under the
+key ``METADATA_KEY``, so a user cannot lose them the way a sidecar gets lost.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compressor.configs import JsonConfig
+from compressor.errors import ConfigError
+
+METADATA_KEY = "audio_compress"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec(JsonConfig):
+    """One int8 (or uint8) tensor at the file's boundary and how it maps to real values."""
+
+    name: str
+    dtype: str  # "int8" | "uint8"
+    shape: list[int]
+    scale: float
+    zero_point: int
+    layout: str  # e.g. "batch,time" or "batch,sources,time"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("int8", "uint8"):
+            raise ConfigError(f"TensorSpec.dtype must be int8 or uint8, got {self.dtype!r}")
+
+    @property
+    def qmin(self) -> int:
+        return -128 if self.dtype == "int8" else 0
+
+    @property
+    def qmax(self) -> int:
+        return 127 if self.dtype == "int8" else 255
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Codes exactly as the simulation rounds: round-half-even(x * (1/s)) + zp, clipped."""
+        inv = np.float32(1.0) / np.float32(self.scale)
+        codes = np.rint(np.asarray(x, np.float32) * inv) + self.zero_point
+        return np.clip(codes, self.qmin, self.qmax).astype(self.dtype)
+
+    def dequantize(self, codes: np.ndarray) -> np.ndarray:
+        return ((codes.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DeployMetadata(JsonConfig):
+    """The JSON document embedded in every exported file."""
+
+    target: str  # "onnx" | "tflite"
+    sample_rate: int
+    chunk_samples: int  # the file's fixed input length
+    num_sources: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    model: dict[str, Any] = field(default_factory=dict)  # architecture, recipe, quant config
+    # FQSE pre/post-processing (input splitter, RQB combiner); None for plain models
+    splitter: dict[str, Any] | None = None
+    combiner: dict[str, Any] | None = None
+    allowed_float_ops: list[str] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+    producer: str = "audio-compress"
+
+    def to_json(self) -> str:
+        data = self.to_dict()
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "DeployMetadata":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"embedded {METADATA_KEY} metadata is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"embedded {METADATA_KEY} metadata is not a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ConfigError(f"embedded metadata has format_version {version!r}; this runtime reads {FORMAT_VERSION}")
+        data = dict(data)
+        data["inputs"] = [TensorSpec.from_dict(t) for t in data.get("inputs", [])]
+        data["outputs"] = [TensorSpec.from_dict(t) for t in data.get("outputs", [])]
+        return cls.from_dict(data)

@@ -1,0 +1,260 @@
+"""QDQ-ONNX from a lowered int8 graph.
+
+``torch.onnx.export`` turns the lowered graph's quantize/dequantize ops into
+QuantizeLinear/DequantizeLinear with our exact scales and zero-points. Four
+rewrites then make it the file onnxruntime runs as integer kernels:
+- weights: QuantizeLinear(+Clip) of a float initializer becomes an int8
+  initializer (4x smaller file, nothing left to quantize at load time);
+- biases of Conv/Gemm: a float initializer on its grid becomes int32 codes
+  plus DequantizeLinear with scale s_in * s_w, the pattern ORT fuses into
+  QLinearConv / QGemm;
+- activations optionally move to uint8 (zero-point + 128, the same grid):
+  ORT fuses Add/Mul into QLinearAdd/QLinearMul only for uint8 (DESIGN.md);
+- the metadata JSON goes into ``metadata_props``.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from compressor.errors import ExportError
+from exporters.lowering import LoweredModel
+from exporters.metadata import METADATA_KEY, DeployMetadata
+
+log = logging.getLogger(__name__)
+OPSET = 20
+_BIASED_OPS = {"Conv": 2, "Gemm": 2, "ConvTranspose": 2}
+
+
+def torch_to_onnx(lowered: LoweredModel, example: torch.Tensor, path: Path) -> onnx.ModelProto:
+    """The raw QDQ graph torch.onnx writes for the lowered module (int8 in, int8 out)."""
+    with warnings.catch_warnings(), _quiet_torch_onnx():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(lowered.module, (example,), str(path), dynamo=True, opset_version=OPSET,
+                              input_names=["audio_q"], verbose=False)
+        except Exception as exc:  # torch.onnx raises many types
+            raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}") from exc
+    return onnx.load(str(path))
+
+
+class _quiet_torch_onnx:
+    """torch.onnx logs every step at INFO and prints progress; keep the CLI readable."""
+
+    def __enter__(self) -> None:
+        self._level = logging.getLogger("torch.onnx").level
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("torch.onnx").setLevel(self._level)
+
+
+class _Graph:
+    """Index over an ONNX graph for the rewrites."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.inits = {t.name: t for t in self.graph.initializer}
+        self._counter = 0
+
+    def producers(self) -> dict[str, onnx.NodeProto]:
+        return {out: n for n in self.graph.node for out in n.output}
+
+    def consumers(self) -> dict[str, list[onnx.NodeProto]]:
+        found: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.graph.node:
+            for i in n.input:
+                found.setdefault(i, []).append(n)
+        return found
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        node = self.producers().get(name)
+        if node is not None and node.op_type == "Constant":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    def add_init(self, array: np.ndarray, hint: str) -> str:
+        self._counter += 1
+        name = f"{hint}_{self._counter}"
+        tensor = numpy_helper.from_array(array, name)
+        self.graph.initializer.append(tensor)
+        self.inits[name] = tensor
+        return name
+
+    def prune(self) -> None:
+        """Drop nodes and initializers nothing reads any more."""
+        needed = {o.name for o in self.graph.output}
+        keep: list[onnx.NodeProto] = []
+        for node in reversed(list(self.graph.node)):
+            if any(o in needed for o in node.output):
+                keep.append(node)
+                needed.update(i for i in node.input if i)
+        del self.graph.node[:]
+        self.graph.node.extend(reversed(keep))
+        unused = [t for t in self.graph.initializer if t.name not in needed]
+        for t in unused:
+            self.graph.initializer.remove(t)
+            self.inits.pop(t.name, None)
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def fold_constant_quantization(g: _Graph) -> int:
+    """QuantizeLinear(+Clip) of a float constant -> an int8 initializer."""
+    folded = 0
+    consumers = g.consumers()
+    for node in list(g.graph.node):
+        if node.op_type != "QuantizeLinear":
+            continue
+        weight = g.const(node.input[0])
+        scale = g.const(node.input[1])
+        zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if weight is None or scale is None:
+            continue
+        axis = _attr(node, "axis", 1)
+        if scale.ndim == 1 and scale.size > 1:
+            shape = [1] * weight.ndim
+            shape[axis] = -1
+            scale_b, zp_b = scale.reshape(shape), (zp.reshape(shape) if zp is not None else 0)
+        else:
+            scale_b, zp_b = scale, (zp if zp is not None else 0)
+        dtype = zp.dtype if zp is not None else np.uint8
+        info = np.iinfo(dtype)
+        codes = np.clip(np.round(weight / scale_b) + zp_b, info.min, info.max)
+        out_name = node.input[0] + "_q"
+        follow = consumers.get(node.output[0], [])
+        last = node.output[0]
+        # torch.onnx writes a Clip after QuantizeLinear for narrow ranges ([-127, 127])
+        if len(follow) == 1 and follow[0].op_type == "Clip":
+            lo, hi = g.const(follow[0].input[1]), g.const(follow[0].input[2])
+            codes = np.clip(codes, lo, hi)
+            last = follow[0].output[0]
+        name = g.add_init(codes.astype(dtype), out_name)
+        for user in consumers.get(last, []):
+            for k, inp in enumerate(user.input):
+                if inp == last:
+                    user.input[k] = name
+        folded += 1
+    g.prune()
+    return folded
+
+
+def int32_biases(g: _Graph) -> int:
+    """Float bias of Conv/Gemm -> int32 codes + DequantizeLinear(s_in * s_w)."""
+    producers = g.producers()
+    rewritten = 0
+    for node in list(g.graph.node):
+        slot = _BIASED_OPS.get(node.op_type)
+        if slot is None or len(node.input) <= slot or not node.input[slot]:
+            continue
+        bias = g.const(node.input[slot])
+        x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
+        while w_dq is not None and w_dq.op_type == "Transpose":  # Gemm may read W^T
+            w_dq = producers.get(w_dq.input[0])
+        if bias is None or bias.dtype != np.float32 or x_dq is None or w_dq is None:
+            continue
+        if x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+            continue
+        s_x, s_w = g.const(x_dq.input[1]), g.const(w_dq.input[1])
+        if s_x is None or s_w is None:
+            continue
+        scale = (np.float32(s_x) * s_w.astype(np.float32)).astype(np.float32).reshape(-1)
+        if scale.size == 1:
+            scale = np.full(bias.shape, scale[0], np.float32)
+        codes = np.clip(np.round(bias.astype(np.float64) / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        q_name = g.add_init(codes, node.name + "_bias_q")
+        s_name = g.add_init(scale, node.name + "_bias_scale")
+        z_name = g.add_init(np.zeros(scale.shape, np.int32), node.name + "_bias_zp")
+        out = node.name + "_bias_dq"
+        dq = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out], axis=0, name=out)
+        index = list(g.graph.node).index(node)
+        g.graph.node.insert(index, dq)
+        node.input[slot] = out
+        rewritten += 1
+    g.prune()
+    return rewritten
+
+
+def activations_to_uint8(g: _Graph) -> int:
+    """int8 activations -> uint8 on the same grid (zero-point + 128), input and output included."""
+    moved = 0
+    graph_inputs = {i.name: i for i in g.graph.input}
+    graph_outputs = {o.name: o for o in g.graph.output}
+    for node in g.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        data = node.input[0]
+        if node.op_type == "DequantizeLinear" and data in g.inits:
+            continue  # a weight or bias initializer
+        zp = g.const(node.input[2])
+        if zp is None or zp.dtype != np.int8:
+            continue
+        node.input[2] = g.add_init((zp.astype(np.int16) + 128).astype(np.uint8), "zp_u8")
+        moved += 1
+        if node.op_type == "DequantizeLinear" and data in graph_inputs:
+            graph_inputs[data].type.tensor_type.elem_type = onnx.TensorProto.UINT8
+        if node.op_type == "QuantizeLinear" and node.output[0] in graph_outputs:
+            graph_outputs[node.output[0]].type.tensor_type.elem_type = onnx.TensorProto.UINT8
+    g.prune()
+    return moved
+
+
+def build_onnx(lowered: LoweredModel, example: torch.Tensor, metadata: DeployMetadata, scratch: Path,
+               uint8_activations: bool = True) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """The finished QDQ model (not yet written to its final path)."""
+    model = torch_to_onnx(lowered, example, scratch)
+    g = _Graph(model)
+    stats = {
+        "weights_folded_to_int8": fold_constant_quantization(g),
+        "biases_to_int32": int32_biases(g),
+        "activations_to_uint8": activations_to_uint8(g) if uint8_activations else 0,
+    }
+    # value_info still holds the pre-rewrite (int8) types; ORT re-infers what it needs
+    del model.graph.value_info[:]
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata.to_json()
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the rewritten ONNX graph is invalid: {str(exc).splitlines()[0]}") from exc
+    return model, stats
+
+
+def io_dtypes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    name = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT: "float32"}
+    ins = [name.get(i.type.tensor_type.elem_type, "other") for i in model.graph.input]
+    outs = [name.get(o.type.tensor_type.elem_type, "other") for o in model.graph.output]
+    return ins, outs
+
+
+def intermediate_tensors(path: Path, names: list[str], codes: np.ndarray) -> dict[str, np.ndarray]:
+    """The named int8/uint8 tensors of the file for one input (they become extra graph outputs)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    produced = {o for n in model.graph.node for o in n.output}
+    wanted = [n for n in names if n in produced]
+    existing = {o.name for o in model.graph.output}
+    for name in wanted:
+        if name not in existing:
+            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    values = session.run(wanted, {session.get_inputs()[0].name: codes})
+    return dict(zip(wanted, values))

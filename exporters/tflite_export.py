@@ -1,0 +1,121 @@
+"""Integer-only int8 TFLite from a lowered graph, through litert-torch.
+
+litert-torch's converter, in its static-QDQ mode, folds every
+quantize/dequantize pair of the lowered graph into int8 tensors with our
+exact scales and zero-points, and turns the model's first quantize and
+last dequantize into int8 input and output tensors. It is told the mode
+through a PT2E QuantConfig; the quantizer in it is never run (it would
+recompute our scales).
+"""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import flatbuffers
+import torch
+
+from compressor.errors import ExportError
+from exporters.lowering import LoweredModel
+from exporters.metadata import METADATA_KEY, DeployMetadata
+
+log = logging.getLogger(__name__)
+
+
+def convert(lowered: LoweredModel, example: torch.Tensor) -> bytes:
+    """The flatbuffer bytes of the converted model (float example in; the file takes int8)."""
+    import litert_torch
+    from litert_torch.quantize import pt2e_quantizer, quant_config
+
+    mode = quant_config.QuantConfig(pt2e_quantizer=pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)))
+    noise = io.StringIO()
+    try:
+        with warnings.catch_warnings(), redirect_stdout(noise), redirect_stderr(noise):
+            warnings.simplefilter("ignore")
+            edge_model = litert_torch.convert(lowered.module, (example,), quant_config=mode)
+            return edge_model.model_content()
+    except Exception as exc:  # the converter raises ValueError/RuntimeError with MLIR text
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"litert-torch could not convert the lowered int8 graph: {detail}") from exc
+
+
+def embed_metadata(flatbuffer: bytes, metadata: DeployMetadata) -> bytes:
+    """Add (or replace) the ``METADATA_KEY`` buffer of a .tflite flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    model.metadata = [m for m in (model.metadata or []) if _text(m.name) != METADATA_KEY]
+    buffer = schema.BufferT()
+    buffer.data = list(metadata.to_json().encode())
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_KEY
+    entry.buffer = len(model.buffers) - 1
+    model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(flatbuffer) + 4096)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _text(name: bytes | str | None) -> str:
+    return name.decode() if isinstance(name, bytes) else (name or "")
+
+
+def read_metadata(flatbuffer: bytes) -> str | None:
+    """The embedded JSON text, or None."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name().decode() == METADATA_KEY:
+            buf = model.Buffers(entry.Buffer())
+            return bytes(buf.DataAsNumpy()).decode()
+    return None
+
+
+def build_tflite(lowered: LoweredModel, example: torch.Tensor, metadata: DeployMetadata) -> bytes:
+    """The finished .tflite bytes (not yet written to their final path)."""
+    return embed_metadata(convert(lowered, example), metadata)
+
+
+def op_report(path_or_bytes: Path | bytes) -> list[dict[str, object]]:
+    """Each op of a .tflite with the dtypes of its tensors (builtin kernels, no delegate)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kwargs = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": str(path_or_bytes)}
+    interp = Interpreter(**kwargs, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    report = []
+    for op in interp._get_ops_details():
+        ins = [tensors[i]["dtype"].__name__ for i in op["inputs"] if i >= 0]
+        outs = [tensors[i]["dtype"].__name__ for i in op["outputs"] if i >= 0]
+        report.append({"op": op["op_name"], "inputs": ins, "outputs": outs})
+    return report
+
+
+def intermediate_tensors(path: Path, names: list[str], codes) -> dict[str, object]:
+    """The named int8 tensors of the file for one input (builtin kernels, all tensors kept)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], codes)
+    interp.invoke()
+    wanted = set(names)
+    found = {}
+    for t in interp.get_tensor_details():
+        # converter names look like "...;quantize_per_tensor_default_12" (fused ops join several)
+        for part in str(t["name"]).split(";"):
+            key = part.strip().split(":")[0]
+            if key in wanted and key not in found and t["dtype"].__name__ == "int8":
+                try:
+                    found[key] = interp.get_tensor(t["index"]).copy()
+                except ValueError:
+                    pass
+    return found

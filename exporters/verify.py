@@ -1,0 +1,102 @@
+"""An exported file checks itself against the simulated model it came from.
+
+The file runs on calibration audio; its output codes are compared with the
+codes the PyTorch simulation produces for the same input codes. The
+difference is counted in LSBs of the output scale. Past the tolerance, a
+per-layer report says where the drift starts: every int8 tensor the file
+computes is compared with the same tensor of the lowered graph run in
+PyTorch (which equals the simulation), in graph order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import fx
+
+from compressor.quant.model import QuantizedModel
+from exporters.lowering import LoweredModel
+
+qd = torch.ops.quantized_decomposed
+
+
+@dataclass
+class Verification:
+    """Outcome of running the file against the simulation."""
+
+    max_lsb: int
+    mean_lsb: float
+    tolerance_lsb: float
+    inputs: int
+    runtime: str
+    drift: list[dict[str, Any]] = field(default_factory=list)  # filled when it failed
+
+    @property
+    def passed(self) -> bool:
+        return self.max_lsb <= self.tolerance_lsb
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_lsb": self.max_lsb, "mean_lsb": round(self.mean_lsb, 4), "tolerance_lsb": self.tolerance_lsb,
+                "inputs": self.inputs, "runtime": self.runtime, "passed": self.passed, "drift": self.drift}
+
+
+def simulated_codes(qmodel: QuantizedModel, runtime: Any, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(input codes fed to the file, output codes the simulation gives for them), int8 domain."""
+    spec_in, spec_out = runtime.metadata.inputs[0], runtime.metadata.outputs[0]
+    codes = spec_in.quantize(audio.reshape(spec_in.shape))
+    x = (codes.astype(np.float32) - spec_in.zero_point) * np.float32(spec_in.scale)
+    with torch.no_grad():
+        y = qmodel(torch.from_numpy(x))
+    y = y[0] if isinstance(y, (tuple, list)) else y
+    out = spec_out.quantize(y.numpy())
+    return codes, out
+
+
+def compare(qmodel: QuantizedModel, runtime: Any, chunks: Sequence[np.ndarray], tolerance_lsb: float) -> Verification:
+    worst, total, count = 0, 0.0, 0
+    for audio in chunks:
+        codes, expected = simulated_codes(qmodel, runtime, audio)
+        got = runtime.run_codes(codes)[0]
+        diff = np.abs(got.astype(np.int32).reshape(-1) - expected.astype(np.int32).reshape(-1))
+        worst = max(worst, int(diff.max()))
+        total += float(diff.sum())
+        count += diff.size
+    return Verification(worst, total / max(count, 1), tolerance_lsb, len(chunks), runtime.name)
+
+
+def lowered_tensors(lowered: LoweredModel, codes: np.ndarray, float_input: bool) -> dict[str, np.ndarray]:
+    """Every int8 tensor (quantize op output) of the lowered graph, by node name, for one input."""
+    values: dict[str, np.ndarray] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            result = super().run_node(n)
+            if n.op == "call_function" and n.target == qd.quantize_per_tensor.default:
+                values[n.name] = result.detach().numpy().copy()
+            return result
+
+    x = torch.from_numpy(codes)
+    if float_input:
+        p = lowered.inputs[0]
+        x = (x.float() - p.zero_point) * p.scale
+    with torch.no_grad():
+        Recorder(lowered.module).run(x)
+    return values
+
+
+def drift_report(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], zero_shift: dict[str, int],
+                 limit: int = 12) -> list[dict[str, Any]]:
+    """The first tensors (graph order) whose codes differ, with their largest difference in LSBs."""
+    rows = []
+    for name, want in expected.items():
+        have = got.get(name)
+        if have is None or have.size != want.size:
+            continue
+        diff = np.abs(have.astype(np.int32).reshape(-1) - zero_shift.get(name, 0) - want.astype(np.int32).reshape(-1))
+        if diff.max() > 0:
+            rows.append({"tensor": name, "max_lsb": int(diff.max()), "mean_lsb": round(float(diff.mean()), 4)})
+        if len(rows) >= limit:
+            break
+    return rows

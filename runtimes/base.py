@@ -1,0 +1,104 @@
+"""One interface over every way a model runs: ``Runtime.process(pcm)``.
+
+A deployed file has a fixed input length (``chunk_samples``) and int8 (or
+uint8) tensors at its boundary. ``process`` takes int16 or float PCM of any
+length, cuts it into overlapping chunks, quantizes each with the file's
+input qparams, runs it, dequantizes the outputs and overlap-adds them with
+a linear cross-fade, so long audio has no seams at chunk edges.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from compressor.errors import DataError
+from exporters.metadata import DeployMetadata
+
+DEFAULT_OVERLAP = 0.25  # of a chunk
+
+
+def to_float_pcm(pcm: np.ndarray) -> np.ndarray:
+    """int16 PCM -> float32 in [-1, 1); float PCM passes unchanged. Mono only."""
+    pcm = np.asarray(pcm)
+    if pcm.ndim != 1:
+        raise DataError(f"expected mono audio of shape (time,), got shape {pcm.shape}; down-mix it first")
+    if pcm.size == 0:
+        raise DataError("the audio is empty (0 samples)")
+    if pcm.dtype == np.int16:
+        return pcm.astype(np.float32) / 32768.0
+    if not np.issubdtype(pcm.dtype, np.floating):
+        raise DataError(f"PCM must be int16 or float, got {pcm.dtype}")
+    pcm = pcm.astype(np.float32)
+    if not np.all(np.isfinite(pcm)):
+        raise DataError("the audio holds NaN or infinite samples")
+    return pcm
+
+
+class Runtime(ABC):
+    """A loaded model; subclasses implement ``run_codes`` for one chunk."""
+
+    metadata: DeployMetadata
+    name: str = "runtime"
+
+    @abstractmethod
+    def run_codes(self, codes: np.ndarray) -> list[np.ndarray]:
+        """One chunk: input codes of the file's input shape -> output codes."""
+
+    @property
+    def sample_rate(self) -> int:
+        return self.metadata.sample_rate
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.metadata.chunk_samples
+
+    def run_chunk(self, audio: np.ndarray) -> np.ndarray:
+        """Exactly ``chunk_samples`` float samples -> (sources, chunk_samples) float."""
+        spec = self.metadata.inputs[0]
+        codes = spec.quantize(audio.reshape(spec.shape))
+        out_codes = self.run_codes(codes)[0]
+        out = self.metadata.outputs[0].dequantize(out_codes)
+        return out.reshape(self.metadata.num_sources, -1)[:, : audio.shape[-1]]
+
+    def process(self, pcm: np.ndarray, overlap: float = DEFAULT_OVERLAP) -> np.ndarray:
+        """Audio of any length -> (sources, time) float32 (``(time,)`` for one source)."""
+        x = to_float_pcm(pcm)
+        out = overlap_add(self.run_chunk, x, self.chunk_samples, overlap, self.metadata.num_sources)
+        return out[0] if self.metadata.num_sources == 1 else out
+
+
+def overlap_add(run_chunk, x: np.ndarray, chunk: int, overlap: float, sources: int) -> np.ndarray:
+    """Run ``run_chunk`` on overlapping chunks and cross-fade them back together.
+
+    Weights are a trapezoid per chunk (linear ramps over the overlap), and
+    the output is divided by their sum, so any two neighbouring chunks blend
+    with weights summing to one and a signal the model passes through
+    unchanged comes back unchanged.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    n = x.shape[-1]
+    fade = int(round(chunk * overlap))
+    hop = chunk - fade
+    starts = list(range(0, max(n - fade, 1), hop)) if n > chunk else [0]
+    if n > chunk and starts[-1] + chunk < n:
+        starts.append(n - chunk)  # the last chunk ends at the signal's end (no padding mid-signal)
+    out = np.zeros((sources, n), np.float32)
+    weight = np.zeros(n, np.float32)
+    ramp = (np.arange(1, fade + 1, dtype=np.float32) / (fade + 1)) if fade else np.zeros(0, np.float32)
+    for k, start in enumerate(starts):
+        piece = x[start:start + chunk]
+        length = piece.shape[-1]
+        if length < chunk:
+            piece = np.pad(piece, (0, chunk - length))
+        y = run_chunk(piece)[:, :length]
+        w = np.ones(length, np.float32)
+        if fade and k > 0:
+            w[: min(fade, length)] = ramp[: min(fade, length)]
+        if fade and k < len(starts) - 1:
+            tail = min(fade, length)
+            w[length - tail:] = np.minimum(w[length - tail:], ramp[::-1][fade - tail:])
+        out[:, start:start + length] += y * w
+        weight[start:start + length] += w
+    return out / np.maximum(weight, 1e-12)

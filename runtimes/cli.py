@@ -1,0 +1,53 @@
+"""``compress run``: enhance (or separate) a WAV file with any model file."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from compressor.cli.common import handle_errors, setup_logging
+from compressor.data.audio import read_audio, write_audio
+from compressor.errors import DataError
+from runtimes import load
+
+
+@click.command("run")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("input_wav", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output_wav", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--threads", type=int, help="Runtime threads (default: the runtime's choice).")
+@click.option("--strict-audio", is_flag=True,
+              help="Refuse input at another sample rate or with several channels (default: resample / down-mix "
+                   "with a warning).")
+@click.option("--overlap", default=0.25, show_default=True, help="Chunk overlap (fraction of a chunk) for long audio.")
+@click.option("--no-xnnpack", is_flag=True, help=".tflite: builtin kernels only, no XNNPACK delegate.")
+@click.option("--no-integer-kernels", is_flag=True,
+              help=".onnx: switch off ORT's int8 fusion (reference QDQ semantics, slower).")
+@click.option("-v", "--verbose", is_flag=True)
+@handle_errors
+def run_cmd(model, input_wav, output_wav, threads, strict_audio, overlap, no_xnnpack, no_integer_kernels, verbose):
+    """Run MODEL on INPUT_WAV and write OUTPUT_WAV (written atomically).
+
+    MODEL: an exported .tflite (LiteRT) or .onnx (onnxruntime), or our
+    checkpoint (.pt, run as the PyTorch simulation). Audio of any length is
+    processed in the file's fixed-size chunks with cross-faded overlaps.
+    A model with several sources writes OUTPUT_WAV with one channel each.
+    """
+    setup_logging(verbose)
+    options: dict[str, object] = {}
+    if model.suffix.lower() == ".tflite" and no_xnnpack:
+        options["xnnpack"] = False
+    if model.suffix.lower() == ".onnx" and no_integer_kernels:
+        options["integer_kernels"] = False
+    runtime = load(model, threads=threads, **options)
+    audio = read_audio(input_wav, runtime.sample_rate, resample=not strict_audio, mono=not strict_audio)
+    if audio.size == 0:
+        raise DataError(f"audio file {input_wav} is empty (0 samples)")
+    start = time.perf_counter()
+    out = runtime.process(audio, overlap=overlap)
+    seconds = time.perf_counter() - start
+    write_audio(output_wav, out, runtime.sample_rate)
+    duration = audio.shape[-1] / runtime.sample_rate
+    click.echo(f"wrote {output_wav}: {duration:.2f} s of audio in {seconds:.2f} s on {runtime.name} "
+               f"(real-time factor {seconds / duration:.3f})")
