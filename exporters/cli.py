@@ -111,13 +111,17 @@ def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_aud
 
 def _check_writable(out: Path) -> None:
     """Fail before minutes of work, not after, when the output cannot be written."""
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    import os
+    import tempfile
 
-    if not os.access(probe, os.W_OK):
-        raise ExportError(f"cannot write {out}: {probe} is not writable")
     if out.is_dir():
         raise ExportError(f"cannot write {out}: it is a directory")
+    probe = out.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ExportError(f"cannot write {out}: {probe} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ExportError(f"cannot write {out}: {probe} is not writable ({exc.strerror})") from exc

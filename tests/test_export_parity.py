@@ -12,7 +12,7 @@ import torch
 
 from exporters import ExportConfig, export
 from exporters.sessions import open_session
-from tests.op_fixtures import OP_FIXTURES, calibration_chunks, quantized_fixture
+from exporters.op_catalog import OP_FIXTURES, calibration_chunks, quantized_fixture
 
 TOLERANCE_LSB = 1
 

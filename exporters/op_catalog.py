@@ -1,8 +1,12 @@
-"""Small single-op models for the export parity grid (one op of interest each)."""
+"""Small single-op models: the export parity grid's fixtures and the source of the README op table.
+
+Each model wraps one op of interest (most behind a 1x1 conv, so the op
+sees a learned, signed input); ``quantized_fixture`` quantizes and
+calibrates one.
+"""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -153,4 +157,4 @@ def calibration_chunks(count: int = 3):
     return [torch.randn(*INPUT_SHAPE, generator=gen).numpy() for _ in range(count)]
 
 
-__all__ = ["F", "INPUT_SHAPE", "OP_FIXTURES", "calibration_chunks", "quantized_fixture"]
+__all__ = ["INPUT_SHAPE", "OP_FIXTURES", "calibration_chunks", "quantized_fixture"]

@@ -1,0 +1,158 @@
+"""Whole-model export (Conv-TasNet), the CLI, and what export refuses."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import runtimes
+from compressor.checkpoint import ArchSpec, save_float, save_quantized
+from compressor.cli.main import main
+from compressor.errors import ExportError, ParityError, RuntimeLoadError
+from compressor.quant import calibrate, quantize
+from exporters import ExportConfig, export
+from tests.conftest import TINY_TASNET
+
+CHUNK_SECONDS = 0.1  # 1600 samples at 16 kHz
+
+
+@pytest.fixture(scope="module")
+def tiny_qmodel():
+    from compressor.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model("conv_tasnet", TINY_TASNET)
+    x = torch.randn(2, 1600) * 0.1
+    qmodel = quantize(model, x)
+    calibrate(qmodel, [torch.randn(2, 1600) * 0.1 for _ in range(3)])
+    return qmodel
+
+
+def _audio(n=3, seconds=CHUNK_SECONDS, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_qmodel, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    files = {}
+    for target in ("onnx", "tflite"):
+        cfg = ExportConfig(target=target, chunk_seconds=CHUNK_SECONDS)
+        files[target] = export(tiny_qmodel, target, folder / f"tasnet.{target}", config=cfg, calibration=_audio())
+    return files
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_conv_tasnet_exports_integer_only_and_matches_simulation(exported, target):
+    result = exported[target]
+    assert result.ops["float_op_count"] == 0
+    assert result.verification.max_lsb <= 1
+    assert result.rewrites.get("conv_transpose1d -> polyphase conv1d + reshape") == 1
+    assert result.rewrites.get("prelu -> where(x > 0, x, a * x)", 0) >= 1
+    meta = result.metadata
+    assert meta.sample_rate == 16000 and meta.chunk_samples == 1600 and meta.num_sources == 1
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_metadata_travels_inside_the_file(exported, target):
+    rt = runtimes.load(exported[target].path)
+    assert rt.metadata == exported[target].metadata
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_runtime_processes_long_audio_like_the_simulation(exported, tiny_qmodel, tmp_path, target):
+    """Any length, chunked with cross-fades: the file's output follows the simulation's (same chunking)."""
+    ckpt = tmp_path / "q.pt"
+    save_quantized(ckpt, tiny_qmodel, ArchSpec("zoo", "conv_tasnet", TINY_TASNET), {"name": "test"})
+    sim = runtimes.load(ckpt, chunk_seconds=CHUNK_SECONDS)
+    deployed = runtimes.load(exported[target].path)
+    audio = _audio(1, seconds=0.37, seed=3)[0]
+    a, b = sim.process(audio), deployed.process(audio)
+    assert a.shape == b.shape == audio.shape
+    lsb = exported[target].metadata.outputs[0].scale
+    assert np.max(np.abs(a - b)) <= 1.0001 * lsb
+    # repeated runs of the same file are identical
+    assert np.array_equal(b, deployed.process(audio))
+    # int16 input gives the same as its float equivalent
+    pcm16 = np.round(audio * 32767).astype(np.int16)
+    assert np.array_equal(deployed.process(pcm16), deployed.process(pcm16.astype(np.float32) / 32768))
+
+
+def test_parity_failure_writes_nothing(tiny_qmodel, tmp_path):
+    out = tmp_path / "never.onnx"
+    cfg = ExportConfig(target="onnx", chunk_seconds=CHUNK_SECONDS, tolerance_lsb=-1)  # nothing can pass
+    with pytest.raises(ParityError, match="nothing was written"):
+        export(tiny_qmodel, "onnx", out, config=cfg, calibration=_audio())
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_a_float_model(tmp_path):
+    from compressor.zoo import build_model
+
+    with pytest.raises(ExportError, match="quantized model"):
+        export(build_model("conv_tasnet", TINY_TASNET), "onnx", tmp_path / "x.onnx")
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.1])
+def test_truncated_files_are_clear_errors(exported, tmp_path, cut):
+    for target, result in exported.items():
+        data = result.path.read_bytes()
+        bad = tmp_path / f"cut.{target}"
+        bad.write_bytes(data[: int(len(data) * cut)])
+        with pytest.raises(RuntimeLoadError, match="cut"):
+            runtimes.load(bad)
+
+
+def test_cli_export_float_checkpoint_and_run(tmp_path):
+    """compress export on a float model: PTQ on the demo data, verified file, then compress run."""
+    from compressor.data.audio import read_audio, write_audio
+    from compressor.zoo import build_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "float.pt"
+    save_float(ckpt, build_model("conv_tasnet", TINY_TASNET), ArchSpec("zoo", "conv_tasnet", TINY_TASNET))
+    out = tmp_path / "model.tflite"
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(ckpt), "--target", "tflite", "--out", str(out),
+                                  "--chunk-seconds", "0.25", "--report", str(tmp_path / "report.json")])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "float compute ops: 0" in result.output
+    wav_in, wav_out = tmp_path / "in.wav", tmp_path / "out.wav"
+    write_audio(wav_in, _audio(1, seconds=0.6)[0], 16000)
+    result = runner.invoke(main, ["run", str(out), str(wav_in), str(wav_out)])
+    assert result.exit_code == 0, result.output
+    assert read_audio(wav_out).shape == read_audio(wav_in).shape
+
+
+def test_cli_export_errors(tmp_path):
+    runner = CliRunner()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = runner.invoke(main, ["export", str(bad), "--target", "onnx"])
+    assert result.exit_code == 2 and "error:" in result.output and "bad.pt" in result.output
+    assert not (tmp_path / "bad.onnx").exists()
+    for out, message in [(bad / "m.onnx", "not a directory"), (tmp_path / "dir.onnx", "is a directory"),
+                         (__import__("pathlib").Path("/proc/m.onnx"), "not writable")]:
+        if message == "is a directory":
+            out.mkdir()
+        result = runner.invoke(main, ["export", str(bad), "--target", "onnx", "--out", str(out)])
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_cli_run_refuses_wrong_rate_with_strict_audio(exported, tmp_path):
+    from compressor.data.audio import write_audio
+
+    wav = tmp_path / "8k.wav"
+    write_audio(wav, _audio(1)[0], 8000)
+    result = CliRunner().invoke(main, ["run", str(exported["tflite"].path), str(wav), str(tmp_path / "o.wav"),
+                                       "--strict-audio"])
+    assert result.exit_code == 2 and "8000" in result.output
+    assert not (tmp_path / "o.wav").exists()
+    empty = tmp_path / "empty.wav"
+    import soundfile as sf
+
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    result = CliRunner().invoke(main, ["run", str(exported["tflite"].path), str(empty), str(tmp_path / "o.wav")])
+    assert result.exit_code == 2 and "empty" in result.output
