@@ -20,7 +20,7 @@ from exporters import float_ops, onnx_export, tflite_export
 from exporters.lowering import LoweredModel, lower
 from exporters.metadata import DeployMetadata, TensorSpec
 from exporters.sessions import open_session
-from exporters.verify import Verification, compare, drift_report, lowered_tensors
+from exporters.verify import Verification, compare, drift_report, lowered_tensors, qparams_of
 
 log = logging.getLogger(__name__)
 TARGETS = ("onnx", "tflite")
@@ -196,7 +196,8 @@ def _drift(lowered: LoweredModel, file: Path, cfg: ExportConfig, runtime: Any, a
         if cfg.target == "onnx":
             got, shift = onnx_export.intermediate_tensors(file, list(expected), codes), 128 if cfg.uint8_activations else 0
         else:
-            got, shift = tflite_export.intermediate_tensors(file, list(expected), codes), 0
+            wanted = qparams_of(lowered, list(expected), expected)
+            got, shift = tflite_export.intermediate_tensors(file, wanted, codes, expected), 0
     except Exception as exc:  # the report is a diagnosis aid; never mask the parity failure itself
         log.warning("could not collect intermediate tensors for the drift report: %s", exc)
         return []

@@ -243,18 +243,23 @@ def io_dtypes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
 
 
 def intermediate_tensors(path: Path, names: list[str], codes: np.ndarray) -> dict[str, np.ndarray]:
-    """The named int8/uint8 tensors of the file for one input (they become extra graph outputs)."""
+    """The file's tensors for the lowered graph's quantize nodes ``names``, for one input.
+
+    torch.onnx re-traces the lowered graph, which renames ``quantize_per_tensor_default_7``
+    to ``quantize_per_tensor_7``; the tensors become extra graph outputs.
+    """
     import onnxruntime as ort
 
     model = onnx.load(str(path))
     produced = {o for n in model.graph.node for o in n.output}
-    wanted = [n for n in names if n in produced]
+    onnx_name = {name: name.replace("_default", "") for name in names}
+    wanted = {name: onnx_name[name] for name in names if onnx_name[name] in produced}
     existing = {o.name for o in model.graph.output}
-    for name in wanted:
-        if name not in existing:
-            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    for value in wanted.values():
+        if value not in existing:
+            model.graph.output.append(helper.make_empty_tensor_value_info(value))
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    values = session.run(wanted, {session.get_inputs()[0].name: codes})
+    values = session.run(list(wanted.values()), {session.get_inputs()[0].name: codes})
     return dict(zip(wanted, values))

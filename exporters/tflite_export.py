@@ -16,6 +16,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import flatbuffers
+import numpy as np
 import torch
 
 from compressor.errors import ExportError
@@ -98,8 +99,17 @@ def op_report(path_or_bytes: Path | bytes) -> list[dict[str, object]]:
     return report
 
 
-def intermediate_tensors(path: Path, names: list[str], codes) -> dict[str, object]:
-    """The named int8 tensors of the file for one input (builtin kernels, all tensors kept)."""
+def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], codes,
+                         expected: dict[str, np.ndarray] | None = None) -> dict[str, object]:
+    """The file's int8 tensors matched to the lowered graph's quantize nodes, for one input.
+
+    The converter names tensors after modules, not graph nodes, so a tensor is
+    matched by its qparams and size (``wanted``: name -> (scale, zero_point,
+    size)), which are unique per quantizer but for tensors that share one
+    (PReLU's two branches, concat inputs, a variance before and after its
+    floor). Among those, the one closest to ``expected`` is taken: the report
+    can then under-state drift at such a tensor, never invent it.
+    """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=True,
@@ -107,15 +117,23 @@ def intermediate_tensors(path: Path, names: list[str], codes) -> dict[str, objec
     interp.allocate_tensors()
     interp.set_tensor(interp.get_input_details()[0]["index"], codes)
     interp.invoke()
-    wanted = set(names)
-    found = {}
+    pool: dict[tuple, list[int]] = {}
     for t in interp.get_tensor_details():
-        # converter names look like "...;quantize_per_tensor_default_12" (fused ops join several)
-        for part in str(t["name"]).split(";"):
-            key = part.strip().split(":")[0]
-            if key in wanted and key not in found and t["dtype"].__name__ == "int8":
-                try:
-                    found[key] = interp.get_tensor(t["index"]).copy()
-                except ValueError:
-                    pass
+        scale, zero_point = t["quantization"]
+        if t["dtype"].__name__ == "int8" and scale:
+            key = (round(float(scale), 9), int(zero_point), int(np.prod(t["shape"])))
+            pool.setdefault(key, []).append(t["index"])
+    found = {}
+    for name, (scale, zero_point, size) in wanted.items():
+        arrays = []
+        for index in pool.get((round(float(scale), 9), int(zero_point), int(size)), []):
+            try:
+                arrays.append(interp.get_tensor(index).copy())
+            except ValueError:
+                pass
+        if arrays and expected is not None and name in expected:
+            want = np.sort(expected[name].astype(np.int32).reshape(-1))
+            arrays.sort(key=lambda a: int(np.abs(np.sort(a.astype(np.int32).reshape(-1)) - want).max()))
+        if arrays:
+            found[name] = arrays[0]
     return found

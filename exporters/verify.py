@@ -67,13 +67,14 @@ def compare(qmodel: QuantizedModel, runtime: Any, chunks: Sequence[np.ndarray], 
 
 
 def lowered_tensors(lowered: LoweredModel, codes: np.ndarray, float_input: bool) -> dict[str, np.ndarray]:
-    """Every int8 tensor (quantize op output) of the lowered graph, by node name, for one input."""
+    """Every int8 activation (quantize op output) of the lowered graph, by node name, for one input."""
     values: dict[str, np.ndarray] = {}
 
     class Recorder(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
             result = super().run_node(n)
-            if n.op == "call_function" and n.target == qd.quantize_per_tensor.default:
+            if n.op == "call_function" and n.target == qd.quantize_per_tensor.default \
+                    and n.args[0].op != "get_attr":  # constants are folded into the file
                 values[n.name] = result.detach().numpy().copy()
             return result
 
@@ -86,6 +87,22 @@ def lowered_tensors(lowered: LoweredModel, codes: np.ndarray, float_input: bool)
     return values
 
 
+def qparams_of(lowered: LoweredModel, names: list[str], values: dict[str, np.ndarray]) -> dict[str, tuple[float, int, int]]:
+    """name -> (scale, zero_point, size) of the lowered graph's quantize nodes."""
+    nodes = {n.name: n for n in lowered.module.graph.nodes}
+    return {name: (float(nodes[name].args[1]), int(nodes[name].args[2]), int(values[name].size)) for name in names}
+
+
+def _layout_diff(have: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """|have - want| in LSBs, trying the channels-last layout TFLite uses for convolutions."""
+    have = have.astype(np.int32).reshape(-1)
+    candidates = [want.astype(np.int32)]
+    if want.ndim >= 2:
+        candidates.append(np.swapaxes(want, -1, -2).astype(np.int32))
+    diffs = [np.abs(have - c.reshape(-1)) for c in candidates]
+    return min(diffs, key=lambda d: int(d.max()))
+
+
 def drift_report(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], zero_shift: dict[str, int],
                  limit: int = 12) -> list[dict[str, Any]]:
     """The first tensors (graph order) whose codes differ, with their largest difference in LSBs."""
@@ -94,7 +111,7 @@ def drift_report(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], ze
         have = got.get(name)
         if have is None or have.size != want.size:
             continue
-        diff = np.abs(have.astype(np.int32).reshape(-1) - zero_shift.get(name, 0) - want.astype(np.int32).reshape(-1))
+        diff = _layout_diff(have.astype(np.int32) - zero_shift.get(name, 0), want)
         if diff.max() > 0:
             rows.append({"tensor": name, "max_lsb": int(diff.max()), "mean_lsb": round(float(diff.mean()), 4)})
         if len(rows) >= limit:

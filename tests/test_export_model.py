@@ -156,3 +156,45 @@ def test_cli_run_refuses_wrong_rate_with_strict_audio(exported, tmp_path):
     sf.write(empty, np.zeros(0, np.float32), 16000)
     result = CliRunner().invoke(main, ["run", str(exported["tflite"].path), str(empty), str(tmp_path / "o.wav")])
     assert result.exit_code == 2 and "empty" in result.output
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_drift_report_reads_every_int8_tensor_of_the_file(exported, tiny_qmodel, target):
+    """The per-layer report compares the file's own intermediate tensors with the lowered graph's."""
+    from exporters import lower
+    from exporters.api import _drift
+
+    lowered = lower(tiny_qmodel, int8_io=(target == "onnx"))
+    cfg = ExportConfig(target=target, chunk_seconds=CHUNK_SECONDS)
+    session = runtimes.load(exported[target].path)
+    audio = _audio(1)[0]
+    from exporters.verify import lowered_tensors
+
+    spec = session.metadata.inputs[0]
+    codes = spec.quantize(audio.reshape(spec.shape))
+    int8_codes = (codes.astype(np.int16) - (128 if spec.dtype == "uint8" else 0)).astype(np.int8)
+    expected = lowered_tensors(lowered, int8_codes, float_input=(target == "tflite"))
+    if target == "onnx":
+        from exporters.onnx_export import intermediate_tensors
+
+        got = intermediate_tensors(exported[target].path, list(expected), codes)
+    else:
+        from exporters.tflite_export import intermediate_tensors
+        from exporters.verify import qparams_of
+
+        got = intermediate_tensors(exported[target].path, qparams_of(lowered, list(expected), expected), codes,
+                                   expected)
+    assert len(got) >= len(expected) // 2  # most int8 tensors keep their names through conversion
+    report = _drift(lowered, exported[target].path, cfg, session, audio)
+    # a matching file: rounding-level drift only (TFLite's fixed-point requantization of
+    # intermediate tensors is up to 2 LSB off the float simulation; the output stays within 1)
+    assert all(row["max_lsb"] <= 2 for row in report), [r for r in report if r["max_lsb"] > 2]
+
+
+def test_drift_report_names_the_first_differing_tensor():
+    from exporters.verify import drift_report
+
+    expected = {"a": np.array([1, 2, 3], np.int8), "b": np.array([5, 5], np.int8), "c": np.array([0], np.int8)}
+    got = {"a": np.array([1, 2, 3], np.int8), "b": np.array([5, 9], np.int8), "c": np.array([3], np.int8)}
+    rows = drift_report(expected, got, {})
+    assert [r["tensor"] for r in rows] == ["b", "c"] and rows[0]["max_lsb"] == 4
