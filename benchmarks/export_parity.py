@@ -52,7 +52,7 @@ def max_lsb(a: runtimes.Runtime, b: runtimes.Runtime, clips: list[np.ndarray]) -
     return int(round(worst))
 
 
-def run(checkpoint: Path, chunk_seconds: float, threads: int, folder: Path) -> dict:
+def run(checkpoint: Path, chunk_seconds: float, threads: int, folder: Path, tolerance: float) -> dict:
     loaded = load_model(checkpoint)
     if not loaded.quantized:
         raise SystemExit(f"{checkpoint} is not a quantized checkpoint")
@@ -67,7 +67,8 @@ def run(checkpoint: Path, chunk_seconds: float, threads: int, folder: Path) -> d
         path = folder / f"{checkpoint.stem}.{target}"
         start = time.perf_counter()
         result = export(loaded.model, target, path, calibration=calib,
-                        config=ExportConfig(target=target, chunk_seconds=chunk_seconds, threads=threads))
+                        config=ExportConfig(target=target, chunk_seconds=chunk_seconds, threads=threads,
+                                            tolerance_lsb=tolerance))
         seconds = time.perf_counter() - start
         deployed = runtimes.load(path, threads=threads)
         quality = _quality(evaluate(RuntimeAsModule(deployed), test, progress=False))
@@ -116,11 +117,12 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="*", type=Path, default=DEFAULT_CHECKPOINTS)
     parser.add_argument("--chunk-seconds", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--tolerance-lsb", type=float, default=1.0, help="export verification tolerance")
     args = parser.parse_args()
     from benchmarks.qat_step_time import cpu_name
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run(c, args.chunk_seconds, args.threads, Path(tmp)) for c in args.checkpoints]
+        rows = [run(c, args.chunk_seconds, args.threads, Path(tmp), args.tolerance_lsb) for c in args.checkpoints]
     meta = {"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
             "python": platform.python_version(), "chunk_seconds": args.chunk_seconds}
     RESULTS.mkdir(exist_ok=True)
