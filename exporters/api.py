@@ -20,7 +20,9 @@ from exporters import float_ops, onnx_export, tflite_export
 from exporters.lowering import LoweredModel, lower
 from exporters.metadata import DeployMetadata, TensorSpec
 from exporters.sessions import open_session
-from exporters.verify import Verification, compare, drift_report, lowered_tensors, qparams_of
+from exporters.verify import (
+    Verification, compare, describe_tensors, drift_report, lowered_tensors, qparams_of,
+)
 
 log = logging.getLogger(__name__)
 TARGETS = ("onnx", "tflite")
@@ -178,7 +180,8 @@ def _verify(qmodel: QuantizedModel, lowered: LoweredModel, file: Path, cfg: Expo
              result.mean_lsb, result.inputs)
     if not result.passed:
         result.drift = _drift(lowered, file, cfg, runtime, chunks[0])
-        lines = "\n  ".join(f"{r['tensor']}: max {r['max_lsb']} LSB, mean {r['mean_lsb']}" for r in result.drift)
+        lines = "\n  ".join(f"{r.get('layer', '?')} ({r.get('op', '?')}, tensor {r['tensor']}): max {r['max_lsb']} LSB, "
+                             f"mean {r['mean_lsb']}" for r in result.drift)
         raise ParityError(
             f"the exported {cfg.target} file differs from the simulated model by up to {result.max_lsb} LSB of the "
             f"output scale (tolerance {cfg.tolerance_lsb:g}) on {runtime.name}; nothing was written.\n"
@@ -201,4 +204,4 @@ def _drift(lowered: LoweredModel, file: Path, cfg: ExportConfig, runtime: Any, a
     except Exception as exc:  # the report is a diagnosis aid; never mask the parity failure itself
         log.warning("could not collect intermediate tensors for the drift report: %s", exc)
         return []
-    return drift_report(expected, got, {name: shift for name in expected})
+    return drift_report(expected, got, {name: shift for name in expected}, names=describe_tensors(lowered))

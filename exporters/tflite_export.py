@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 def convert(lowered: LoweredModel, example: torch.Tensor) -> bytes:
     """The flatbuffer bytes of the converted model (float example in; the file takes int8)."""
+    # torchao (imported by litert-torch) warns about GPU kernels it cannot load on a CPU machine
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torchao.kernel.intmm").setLevel(logging.ERROR)
     import litert_torch
     from litert_torch.quantize import pt2e_quantizer, quant_config
 
@@ -37,7 +40,7 @@ def convert(lowered: LoweredModel, example: torch.Tensor) -> bytes:
     try:
         with warnings.catch_warnings(), redirect_stdout(noise), redirect_stderr(noise):
             warnings.simplefilter("ignore")
-            edge_model = litert_torch.convert(lowered.module, (example,), quant_config=mode)
+            edge_model = litert_torch.convert(lowered.module.eval(), (example,), quant_config=mode)
             return edge_model.model_content()
     except Exception as exc:  # the converter raises ValueError/RuntimeError with MLIR text
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

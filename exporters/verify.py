@@ -103,8 +103,25 @@ def _layout_diff(have: np.ndarray, want: np.ndarray) -> np.ndarray:
     return min(diffs, key=lambda d: int(d.max()))
 
 
+def describe_tensors(lowered: LoweredModel) -> dict[str, dict[str, str]]:
+    """For each quantize node of the lowered graph: the op that computes it and its layer (module path)."""
+    out = {}
+    for node in lowered.module.graph.nodes:
+        if node.op == "call_function" and node.target == qd.quantize_per_tensor.default:
+            source = node.args[0]
+            while isinstance(source, fx.Node) and source.op == "call_function" and "quantized_decomposed" in str(source.target):
+                source = source.args[0]
+            if not isinstance(source, fx.Node):
+                continue
+            stack = source.meta.get("nn_module_stack") or {}
+            layer = next(reversed(stack.values()))[0] if stack else ""
+            op = str(source.target).split(".")[-2] if source.op == "call_function" else source.op
+            out[node.name] = {"op": op, "layer": layer or "(top level)"}
+    return out
+
+
 def drift_report(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], zero_shift: dict[str, int],
-                 limit: int = 12) -> list[dict[str, Any]]:
+                 limit: int = 12, names: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """The first tensors (graph order) whose codes differ, with their largest difference in LSBs."""
     rows = []
     for name, want in expected.items():
@@ -113,7 +130,8 @@ def drift_report(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], ze
             continue
         diff = _layout_diff(have.astype(np.int32) - zero_shift.get(name, 0), want)
         if diff.max() > 0:
-            rows.append({"tensor": name, "max_lsb": int(diff.max()), "mean_lsb": round(float(diff.mean()), 4)})
+            rows.append({"tensor": name, **(names or {}).get(name, {}), "max_lsb": int(diff.max()),
+                         "mean_lsb": round(float(diff.mean()), 4)})
         if len(rows) >= limit:
             break
     return rows

@@ -83,9 +83,11 @@ def test_runtime_processes_long_audio_like_the_simulation(exported, tiny_qmodel,
 def test_parity_failure_writes_nothing(tiny_qmodel, tmp_path):
     out = tmp_path / "never.onnx"
     cfg = ExportConfig(target="onnx", chunk_seconds=CHUNK_SECONDS, tolerance_lsb=-1)  # nothing can pass
-    with pytest.raises(ParityError, match="nothing was written"):
+    with pytest.raises(ParityError, match="nothing was written") as failure:
         export(tiny_qmodel, "onnx", out, config=cfg, calibration=_audio())
     assert not out.exists() and list(tmp_path.iterdir()) == []
+    # the report names layers and ops, not only tensors
+    assert "Where the drift starts" in str(failure.value)
 
 
 def test_export_refuses_a_float_model(tmp_path):
