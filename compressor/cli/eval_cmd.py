@@ -4,11 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+import torch
 
 from compressor.cli.common import data_option, eval_set, handle_errors, load, set_threads, setup_logging, write_json
 from compressor.evaluation import evaluate
 from compressor.fileio import write_text_atomic
+from compressor.recipes import inference_model
 from compressor.reporting import markdown_table, model_entry
+from compressor.sweep import plot_sweep, sweep_points, sweep_report, sweep_table
+from compressor.sweep import snr_sweep as snr_sweep_of
 
 
 @click.command("eval")
@@ -21,10 +25,18 @@ from compressor.reporting import markdown_table, model_entry
 @click.option("--max-items", type=int, help="Evaluate only the first N items.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
 @click.option("--md", "md_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as Markdown.")
+@click.option("--snr-sweep", is_flag=True,
+              help="Also rescale the noise of the whole set to each input SNR of --sweep-range (FQSE eq. 2) "
+                   "and report SI-SNR per SNR.")
+@click.option("--sweep-range", type=float, nargs=3, default=(-6.0, 18.0, 1.0), show_default=True,
+              metavar="LOW HIGH STEP", help="Input SNRs of the sweep, in dB.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Plot SI-SNR vs input SNR of every model in one figure (implies --snr-sweep).")
 @click.option("--threads", type=int)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
-def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle, max_items, json_out, md_out, threads, verbose):
+def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle, max_items, json_out, md_out,
+             snr_sweep, sweep_range, plot_out, threads, verbose):
     """SI-SNR, SI-SNRi, SDR and STOI of MODELS, overall and by input SNR
     (low < 2 dB, mid 2-10 dB, high > 10 dB).
 
@@ -35,27 +47,51 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
     set_threads(threads)
     dataset = eval_set(data, strict_audio)
     results: list[tuple[str, dict]] = []
+    swept: list[tuple[str, torch.nn.Module]] = []  # the models of the SNR sweep, before any goes float
     ref_summary = None
     if reference is not None:
-        ref_summary = evaluate(load(reference, model_factory, trust_pickle).model, dataset, desc=reference.stem,
-                               max_items=max_items)
+        ref_model = load(reference, model_factory, trust_pickle).model
+        ref_summary = evaluate(ref_model, dataset, desc=reference.stem, max_items=max_items)
         results.append((f"{reference.stem} (reference)", ref_summary))
+        swept.append((reference.stem, ref_model))
+    sweep = snr_sweep or plot_out is not None
+    curves: dict[str, list[float]] = {}
+    snrs = sweep_points(*sweep_range) if sweep else []
     for path in models:
         loaded = load(path, model_factory, trust_pickle)
+        model = inference_model(loaded)  # e.g. FQSE: splitter -> int8 graph -> combiner
         if loaded.quantized:
-            results.append((f"{path.stem} (simulated int{loaded.model.config.activation_bits})",
-                            evaluate(loaded.model, dataset, desc=path.stem, max_items=max_items)))
+            name = f"{path.stem} (simulated int{loaded.model.config.activation_bits})"
+            results.append((name, evaluate(model, dataset, desc=path.stem, max_items=max_items)))
+            if sweep:
+                curves[name] = snr_sweep_of(model, dataset, snrs, max_items=max_items, desc=f"sweep {path.stem}")
             loaded.model.set_mode("float")
             results.append((f"{path.stem} (quantizers off)",
-                            evaluate(loaded.model, dataset, desc=f"{path.stem} float", max_items=max_items)))
+                            evaluate(model, dataset, desc=f"{path.stem} float", max_items=max_items)))
         else:
-            summary = evaluate(loaded.model, dataset, desc=path.stem, max_items=max_items)
+            summary = evaluate(model, dataset, desc=path.stem, max_items=max_items)
             ref_summary = ref_summary or summary
             results.append((path.stem, summary))
+            swept.append((path.stem, model))
+    for name, model in swept:
+        if sweep:
+            curves[name] = snr_sweep_of(model, dataset, snrs, max_items=max_items, desc=f"sweep {name}")
     entries = [model_entry(name, s, ref_summary) for name, s in results]
     table = markdown_table(entries)
     click.echo(table)
+    sweep_md = ""
+    if sweep:
+        reference_curve = swept[0][0] if swept else None
+        ordered = {n: curves[n] for n, _ in swept} | {n: c for n, c in curves.items() if n not in dict(swept)}
+        sweep_md = "\n## SI-SNR by input SNR (noise rescaled, eq. 2)\n\n" + sweep_table(snrs, ordered, reference_curve)
+        click.echo(sweep_md)
+        if plot_out:
+            plot_sweep(snrs, ordered, plot_out, title=f"SI-SNR vs input SNR ({data})")
+            click.echo(f"wrote {plot_out}")
     if json_out:
-        write_json(json_out, {"data": data, "models": entries})
+        payload = {"data": data, "models": entries}
+        if sweep:
+            payload["snr_sweep"] = sweep_report(snrs, curves)
+        write_json(json_out, payload)
     if md_out:
-        write_text_atomic(md_out, f"# Evaluation on {data}\n\n{table}")
+        write_text_atomic(md_out, f"# Evaluation on {data}\n\n{table}{sweep_md}")

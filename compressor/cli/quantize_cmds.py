@@ -32,14 +32,14 @@ def _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_
     info = {"float_model": str(model), "data": data, "segment_seconds": segment_seconds}
 
     def on_checkpoint(step: int, qmodel: torch.nn.Module) -> None:
-        save_quantized(out, qmodel, arch, recipe.describe(), {**info, "step": step})
+        save_quantized(out, qmodel, recipe.saved_arch(arch), recipe.describe(), {**info, "step": step})
 
     if recipe_name == "ptq":
         qmodel = recipe.run(ctx)
     else:
         qmodel = recipe.run(ctx, on_checkpoint=on_checkpoint)
     if distributed.is_main_process():
-        save_quantized(out, qmodel, arch, recipe.describe(), info)
+        save_quantized(out, qmodel, recipe.saved_arch(arch), recipe.describe(), info)
         s = qmodel.summary
         click.echo(f"wrote {out}: recipe {recipe_name}, {s['activation_quantizers']} activation, "
                    f"{s['weight_quantizers']} weight, {s['bias_quantizers']} bias and "
@@ -74,10 +74,24 @@ def _common(func):
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the resumable training state goes (default: OUT without suffix + '.run').")
 @click.option("--resume", is_flag=True, help="Continue bit-for-bit from the state in --run-dir.")
+@click.option("--no-snr-aug", is_flag=True, help="fqse: no SNR augmentation.")
+@click.option("--snr-range", type=float, nargs=2, metavar="LOW HIGH",
+              help="fqse: SNR augmentation range in dB (default -6 18).")
+@click.option("--no-splitter", is_flag=True, help="fqse: no input splitter (8-bit input).")
+@click.option("--no-rqb", is_flag=True, help="fqse: no residual quantization block (8-bit output).")
+@click.option("--input-precision", type=click.Choice(["8bit", "split", "16bit"]),
+              help="fqse: model input as one int8 tensor, split into two int8 channels (default), or 16-bit unquantized.")
+@click.option("--output-precision", type=click.Choice(["8bit", "rqb", "16bit"]),
+              help="fqse: model output as one int8 tensor, int8 plus the RQB's int8 residual (default), or 16-bit unquantized.")
+@click.option("--splitter-init", type=click.Choice(["preserve", "paper"]),
+              help="fqse: second encoder channel keeps the float function (default) or is Gaussian (the paper's).")
+@click.option("--rqb-init", type=click.Choice(["pinv", "fit", "paper"]),
+              help="fqse: RQB encoder from the decoder's pseudo-inverse, that fitted on data, or the model's encoder (the paper's).")
 @handle_errors
 def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
             seed, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
-            run_dir, resume):
+            run_dir, resume, no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
+            splitter_init, rqb_init):
     """Quantization-aware training of MODEL into a fully quantized model.
 
     Every weight and every activation, input and output included, is
@@ -89,8 +103,28 @@ def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, 
     set_threads(threads)
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, steps=steps, batch_size=batch_size,
                    lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every)
+    options.update(_fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
+                                 splitter_init, rqb_init))
     _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
          segment_seconds, out, run_dir, resume, seed)
+
+
+def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
+                  splitter_init, rqb_init) -> dict:
+    """The fqse switches as recipe options; None where not given (other recipes refuse set ones)."""
+    if no_splitter and input_precision not in (None, "8bit"):
+        raise RecipeError(f"--no-splitter contradicts --input-precision {input_precision}")
+    if no_rqb and output_precision not in (None, "8bit"):
+        raise RecipeError(f"--no-rqb contradicts --output-precision {output_precision}")
+    return dict(
+        snr_aug=False if no_snr_aug else None,
+        snr_low_db=snr_range[0] if snr_range else None,
+        snr_high_db=snr_range[1] if snr_range else None,
+        input_precision="8bit" if no_splitter else input_precision,
+        output_precision="8bit" if no_rqb else output_precision,
+        splitter_init=splitter_init,
+        rqb_init=rqb_init,
+    )
 
 
 @click.command("ptq")

@@ -5,12 +5,17 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
+from torch import nn
+
 from compressor.errors import RecipeError
 from compressor.recipes.base import Recipe, RecipeContext
+from compressor.recipes.fqse import FQSE
 from compressor.recipes.ptq import PTQ
 from compressor.recipes.vanilla import VanillaQAT
 
-_RECIPES: dict[str, type[Recipe]] = {"ptq": PTQ, "vanilla": VanillaQAT}
+_RECIPES: dict[str, type[Recipe]] = {"fqse": FQSE, "ptq": PTQ, "vanilla": VanillaQAT}
 
 
 def list_recipes() -> list[str]:
@@ -24,4 +29,17 @@ def get_recipe(name: str) -> type[Recipe]:
         raise RecipeError(f"unknown recipe {name!r}; known recipes: {', '.join(list_recipes())}") from None
 
 
-__all__ = ["Recipe", "RecipeContext", "get_recipe", "list_recipes"]
+def inference_model(loaded: Any) -> nn.Module:
+    """A loaded model (compressor.load_model) as evaluation runs it.
+
+    FQSE's quantized graph takes the split input and returns two outputs; its
+    recipe wraps it with the splitter and the combiner. Other models come back as they are.
+    """
+    recipe = getattr(loaded, "recipe", None) or {}
+    cls = _RECIPES.get(recipe.get("name", ""))
+    if cls is None or not loaded.quantized:
+        return loaded.model
+    return cls.inference_model(loaded.model, recipe)
+
+
+__all__ = ["Recipe", "RecipeContext", "get_recipe", "inference_model", "list_recipes"]

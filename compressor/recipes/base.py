@@ -52,6 +52,15 @@ class Recipe:
     def run(self, ctx: RecipeContext) -> nn.Module:
         raise NotImplementedError
 
+    def saved_arch(self, default: Any) -> Any:
+        """The ArchSpec a checkpoint of run()'s model needs (a recipe that rebuilds the model overrides it)."""
+        return default
+
+    @classmethod
+    def inference_model(cls, model: nn.Module, recipe_info: dict[str, Any]) -> nn.Module:
+        """The loaded quantized model as evaluation runs it (a recipe may add pre/post-processing)."""
+        return model
+
 
 def calibration_batches(dataset: Dataset, count: int, batch_size: int, seed: int = 0) -> Iterator[torch.Tensor]:
     """``count`` batches of mixtures, drawn deterministically from ``dataset``."""

@@ -1,0 +1,155 @@
+"""FQSE's model changes, its recipe switches (read off the quantized graph) and a tiny QAT run."""
+import pytest
+import torch
+
+from compressor.checkpoint import load_model, save_quantized
+from compressor.data import open_dataset, to_int16, from_int16
+from compressor.fqse import FQSEConvTasNet, FQSEModelConfig, FQSEPipeline, IOConfig, io_quantizers
+from compressor.fqse.io_codec import SPLIT_SCALE
+from compressor.fqse.cost import count_macs, gbops, quantized_size_mb
+from compressor.recipes import RecipeContext, get_recipe, inference_model
+from compressor.recipes.fqse import FQSEConfig
+
+
+def _pcm(shape, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.from_numpy(from_int16(to_int16((torch.randn(shape, generator=gen) * 0.2).clamp(-1, 0.99).numpy())))
+
+
+def test_function_preserving_splitter_init_changes_no_output(tiny_tasnet):
+    core = FQSEConvTasNet(tiny_tasnet, FQSEModelConfig(splitter=True, rqb=False, splitter_init="preserve"))
+    pipeline = FQSEPipeline(core, IOConfig(input="split", output="8bit"))
+    for length in (1000, 1003, 24):  # padded tails of every size
+        x = _pcm((2, length), seed=length)
+        with torch.no_grad():
+            assert torch.allclose(pipeline(x), tiny_tasnet(x), atol=1e-6, rtol=1e-5)
+
+
+def test_paper_splitter_init_is_gaussian_and_changes_the_output(tiny_tasnet):
+    core = FQSEConvTasNet(tiny_tasnet, FQSEModelConfig(splitter=True, rqb=False, splitter_init="paper"))
+    w = core.split_encoder.weight.detach()
+    assert torch.equal(w[:, 0:1], tiny_tasnet.encoder.weight.detach())
+    assert not torch.allclose(w[:, 1:2], tiny_tasnet.encoder.weight.detach() / 256)
+    x = _pcm((1, 1000))
+    with torch.no_grad():
+        assert not torch.allclose(FQSEPipeline(core, IOConfig(output="8bit"))(x), tiny_tasnet(x), atol=1e-4)
+
+
+def test_rqb_pinv_init_keeps_the_float_function_inside_the_signal(tiny_tasnet):
+    core = FQSEConvTasNet(tiny_tasnet, FQSEModelConfig(splitter=False, rqb=True, rqb_init="pinv"))
+    x = _pcm((2, 2000))
+    hop = tiny_tasnet.hop
+    with torch.no_grad():
+        y_o, eps = core(x)
+        assert torch.allclose(y_o, tiny_tasnet(x))
+        # float: eps = gain * (D Y_i - D E~ D Y_i) = 0, except in the first hop (one frame covers it)
+        assert eps[..., hop:].abs().max() < 1e-4 * core.config.gain * y_o.abs().max()
+
+
+def _ctx(model, tmp_path):
+    train = open_dataset("demo:train", segment_seconds=0.25, seed=0)
+    return RecipeContext(model, train, None, tmp_path / "run", progress=False)
+
+
+def _recipe(**options):
+    return get_recipe("fqse").from_options({"steps": 2, "batch_size": 2, "calib_batches": 2,
+                                            "checkpoint_every": 2, "validate_every": 2, **options})
+
+
+def _graph_ops(qmodel):
+    return [str(n.target) for n in qmodel.graph_module.graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("options, splitter, rqb", [
+    ({}, True, True),
+    ({"input_precision": "8bit"}, False, True),
+    ({"output_precision": "8bit"}, True, False),
+    ({"input_precision": "8bit", "output_precision": "8bit"}, False, False),
+])
+def test_switches_remove_each_part_from_the_quantized_graph(tiny_tasnet, tmp_path, options, splitter, rqb):
+    recipe = _recipe(**options)
+    pipeline = recipe.prepare(_ctx(tiny_tasnet, tmp_path))
+    qmodel = pipeline.core
+    placeholder = next(n for n in qmodel.graph_module.graph.nodes if n.op == "placeholder")
+    assert len(placeholder.meta["val"].shape) == (3 if splitter else 2)  # (B, 2, T) vs (B, T)
+    inputs, outputs = io_quantizers(qmodel)
+    assert len(inputs) == 1 and len(outputs) == (2 if rqb else 1)
+    q_in = qmodel.quantizers()[inputs[0]]
+    if splitter:  # pinned to the split grid and not learned
+        assert q_in.qparams() == (SPLIT_SCALE, 0) and not q_in.scale.requires_grad
+    else:
+        assert q_in.scale.requires_grad
+    weights = set(qmodel.weight_tensors())
+    assert any("split_encoder" in w for w in weights) == splitter
+    assert any("rqb_encoder" in w for w in weights) == rqb and any("rqb_decoder" in w for w in weights) == rqb
+    convs = [t for t in _graph_ops(qmodel) if "conv" in t]
+    base = [t for t in _graph_ops(_recipe(input_precision="8bit", output_precision="8bit")
+                                 .prepare(_ctx(tiny_tasnet, tmp_path)).core) if "conv" in t]
+    assert len(convs) == len(base) + (2 if rqb else 0)
+
+
+def test_snr_augmentation_switch(tiny_tasnet, tmp_path):
+    assert FQSEConfig().snr_aug and FQSEConfig().snr_low_db == -6.0 and FQSEConfig().snr_high_db == 18.0
+    assert not _recipe(snr_aug=False).config.snr_aug
+
+
+def test_tiny_fqse_qat_end_to_end(tiny_tasnet, tmp_path):
+    recipe = _recipe()
+    qmodel = recipe.run(_ctx(tiny_tasnet, tmp_path))
+    model = FQSEPipeline(qmodel, recipe.config.io())
+    x = _pcm((1, 1500))
+    with torch.no_grad():
+        y = model(x)
+        y_o, eps = qmodel(model.core_input(x))
+    assert y.shape == (1, 1, 1500) and torch.isfinite(y).all()
+    # both outputs are on their int8 grids
+    for name, out in zip(io_quantizers(qmodel)[1], (y_o, eps)):
+        scale, zp = qmodel.quantizers()[name].qparams()
+        codes = out / scale + zp
+        assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.min() >= -128 and codes.max() <= 127
+    # the checkpoint round-trips, and evaluation wraps it with splitter and combiner again
+    path = save_quantized(tmp_path / "f.pt", qmodel, recipe.saved_arch(None), recipe.describe())
+    loaded = load_model(path)
+    wrapped = inference_model(loaded)
+    with torch.no_grad():
+        assert torch.equal(wrapped(x), y)
+    # cost: the splitter and RQB add MACs (encoder twice, E~ and D~ once each)
+    x = torch.zeros(1, 16000)
+    plain = count_macs(tiny_tasnet, x)
+    fqse = count_macs(FQSEConvTasNet(tiny_tasnet, recipe.config.model_config()), model.core_input(x))
+    frames, cfg = 16000 // tiny_tasnet.hop, tiny_tasnet.config  # padded to 16000 + hop: that many frames
+    assert fqse - plain == 3 * frames * cfg.N * cfg.L
+    assert gbops(plain, 8, 8) == plain * 64 / 1e9 and quantized_size_mb(qmodel) > 0
+
+
+def test_fitted_rqb_encoder_is_still_a_right_inverse_and_shrinks_u(tiny_tasnet):
+    from compressor.fqse.model import fit_rqb_encoder
+
+    pinv = FQSEConvTasNet(tiny_tasnet, FQSEModelConfig(splitter=False, rqb=True, rqb_init="pinv"))
+    fit = FQSEConvTasNet(tiny_tasnet, FQSEModelConfig(splitter=False, rqb=True, rqb_init="fit"))
+    fit_rqb_encoder(fit, [_pcm((2, 2000), seed=s) for s in range(3)])
+    x = _pcm((2, 2000), seed=7)
+    hop = tiny_tasnet.hop
+    captured = []
+    with torch.no_grad():
+        for core in (pinv, fit):
+            handle = core.rqb_decoder.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+            y_o, eps = core(x)
+            handle.remove()
+            assert eps[..., hop:].abs().max() < 1e-4 * core.config.gain * y_o.abs().max()
+    assert captured[1].pow(2).mean() < captured[0].pow(2).mean()  # U is smaller
+
+
+def test_cli_switches_map_to_recipe_options():
+    from compressor.cli.quantize_cmds import _fqse_options
+    from compressor.errors import RecipeError
+
+    opts = _fqse_options(True, None, True, True, None, None, None, None)
+    assert opts["snr_aug"] is False and opts["input_precision"] == "8bit" and opts["output_precision"] == "8bit"
+    config = get_recipe("fqse").from_options(opts).config
+    assert not config.io().splitter and not config.io().rqb
+    assert all(v is None for v in _fqse_options(False, None, False, False, None, None, None, None).values())
+    with pytest.raises(RecipeError, match="contradicts"):
+        _fqse_options(False, None, True, False, "split", None, None, None)
+    with pytest.raises(RecipeError, match="does not take"):
+        get_recipe("vanilla").from_options({"snr_aug": False})
