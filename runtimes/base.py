@@ -56,6 +56,11 @@ class Runtime(ABC):
     def run_chunk(self, audio: np.ndarray) -> np.ndarray:
         """Exactly ``chunk_samples`` float samples -> (sources, chunk_samples) float."""
         spec = self.metadata.inputs[0]
+        if spec.layout != "batch,time":
+            raise DataError(
+                f"this model's input is {spec.shape} ({spec.layout}), not mono audio (batch, time): process() "
+                "cannot feed it (an FQSE model's split input needs the splitter/combiner, not yet in the runtimes); "
+                "use run_codes() with inputs of that shape")
         codes = spec.quantize(audio.reshape(spec.shape))
         out_codes = self.run_codes(codes)[0]
         out = self.metadata.outputs[0].dequantize(out_codes)
