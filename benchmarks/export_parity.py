@@ -27,9 +27,10 @@ from compressor.checkpoint import load_model
 from compressor.data import open_dataset
 from compressor.evaluation import evaluate
 from exporters import ExportConfig, export
+from exporters.metadata import io_processing
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_CHECKPOINTS = [Path("demo_out/vanilla.pt")]
+DEFAULT_CHECKPOINTS = [Path("demo_out/vanilla.pt"), Path("demo_out/fqse.pt")]
 
 
 class RuntimeAsModule(torch.nn.Module):
@@ -66,7 +67,9 @@ def run(checkpoint: Path, chunk_seconds: float, threads: int, folder: Path, tole
     for target in ("tflite", "onnx"):
         path = folder / f"{checkpoint.stem}.{target}"
         start = time.perf_counter()
+        splitter, combiner = io_processing(loaded.recipe)
         result = export(loaded.model, target, path, calibration=calib,
+                        model_info={"splitter": splitter, "combiner": combiner},
                         config=ExportConfig(target=target, chunk_seconds=chunk_seconds, threads=threads,
                                             tolerance_lsb=tolerance))
         seconds = time.perf_counter() - start

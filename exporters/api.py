@@ -89,41 +89,48 @@ def deploy_metadata(qmodel: QuantizedModel, lowered: LoweredModel, cfg: ExportCo
     input_shape = _input_shape(qmodel, cfg)
     with torch.no_grad():
         out = qmodel(torch.zeros(input_shape))
-    output_shape = list((out[0] if isinstance(out, (tuple, list)) else out).shape)
+    output_shapes = [list(o.shape) for o in (out if isinstance(out, (tuple, list)) else [out])]
     model_info = dict(model_info)
     splitter, combiner = model_info.pop("splitter", None), model_info.pop("combiner", None)
     io_dtype = "uint8" if (cfg.target == "onnx" and cfg.uint8_activations) else "int8"
     shift = 128 if io_dtype == "uint8" else 0
-    p_in, p_out = lowered.inputs[0], lowered.outputs[0]
-    sources = output_shape[1] if len(output_shape) == 3 else 1
+    p_in = lowered.inputs[0]
+    if splitter:
+        in_layout = "batch,split,time"
+    else:
+        in_layout = "batch,time" if len(input_shape) == 2 else "as traced"
+    sources = output_shapes[0][1] if len(output_shapes[0]) == 3 else 1
+    outputs = [TensorSpec(f"output_q{k or ''}", io_dtype, shape, p.scale, p.zero_point + shift,
+                          "batch,sources,time" if len(shape) == 3 else "as traced")
+               for k, (p, shape) in enumerate(zip(lowered.outputs, output_shapes))]
     return DeployMetadata(
         target=cfg.target, sample_rate=cfg.sample_rate, chunk_samples=input_shape[-1], num_sources=sources,
-        inputs=[TensorSpec("audio_q", io_dtype, input_shape, p_in.scale, p_in.zero_point + shift,
-                           "batch,time" if len(input_shape) == 2 else "as traced")],
-        outputs=[TensorSpec("output_q", io_dtype, output_shape, p_out.scale, p_out.zero_point + shift,
-                            "batch,sources,time" if len(output_shape) == 3 else "as traced")],
+        inputs=[TensorSpec("audio_q", io_dtype, input_shape, p_in.scale, p_in.zero_point + shift, in_layout)],
+        outputs=outputs,
         model={**model_info, "quant_config": qmodel.config.to_dict()},
         splitter=splitter, combiner=combiner,
         allowed_float_ops=list(cfg.allow_float),
     )
 
 
-def _verification_chunks(calibration: Sequence[np.ndarray] | None, shape: list[int], n: int) -> list[np.ndarray]:
-    if calibration is not None:
-        chunks = []
-        for audio in calibration:
-            audio = np.asarray(audio, np.float32).reshape(-1)
-            size = int(np.prod(shape))
-            if audio.size < size:
-                audio = np.pad(audio, (0, size - audio.size))
-            chunks.append(audio[:size].reshape(shape))
-            if len(chunks) >= n:
-                break
-        if chunks:
-            return chunks
-    # no data given: speech-like noise at a typical level still exercises every layer
+def _verification_chunks(calibration: Sequence[np.ndarray] | None, shape: list[int], n: int,
+                         split: bool = False) -> list[np.ndarray]:
+    """Inputs of the file's input shape: calibration audio cut to length (split for FQSE), or noise."""
+    length = shape[-1] if split else int(np.prod(shape))
     rng = np.random.default_rng(0)
-    return [(rng.standard_normal(int(np.prod(shape))) * 0.05).astype(np.float32).reshape(shape) for _ in range(n)]
+    sources = [np.asarray(a, np.float32).reshape(-1) for a in (calibration or [])][:n]
+    # no data given: speech-level noise still exercises every layer
+    sources += [(rng.standard_normal(length) * 0.05).astype(np.float32) for _ in range(n - len(sources))]
+    chunks = []
+    for audio in sources:
+        audio = np.pad(audio, (0, max(0, length - audio.size)))[:length]
+        if split:
+            from compressor.fqse.io_codec import split as split_audio
+
+            chunks.append(split_audio(audio.reshape(1, -1), np, axis=-2).astype(np.float32).reshape(shape))
+        else:
+            chunks.append(audio.reshape(shape))
+    return chunks
 
 
 def export(qmodel: QuantizedModel, target: str, path: str | Path, *, config: ExportConfig | None = None,
@@ -174,7 +181,7 @@ def export(qmodel: QuantizedModel, target: str, path: str | Path, *, config: Exp
 def _verify(qmodel: QuantizedModel, lowered: LoweredModel, file: Path, cfg: ExportConfig,
             calibration: Sequence[np.ndarray] | None, shape: list[int]) -> Verification:
     runtime = open_session(file, threads=cfg.threads)
-    chunks = _verification_chunks(calibration, shape, cfg.verify_chunks)
+    chunks = _verification_chunks(calibration, shape, cfg.verify_chunks, split=bool(runtime.metadata.splitter))
     result = compare(qmodel, runtime, chunks, cfg.tolerance_lsb)
     log.info("verification on %s: max %d LSB, mean %.4f LSB over %d chunks", runtime.name, result.max_lsb,
              result.mean_lsb, result.inputs)

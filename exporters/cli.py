@@ -20,7 +20,11 @@ def _quantized(loaded: LoadedModel, calib: str, strict_audio: bool, reduce_range
             raise ConfigError(
                 f"{loaded.path} was trained with {bits}-bit weights; --reduce-range needs a model trained with "
                 "7-bit weights (compress qat --weight-bits 7), requantizing would change what was trained")
-        return loaded.model, {"recipe": (loaded.recipe or {}).get("name", "unknown")}
+        from exporters.metadata import io_processing
+
+        splitter, combiner = io_processing(loaded.recipe)
+        return loaded.model, {"recipe": (loaded.recipe or {}).get("name", "unknown"),
+                              "splitter": splitter, "combiner": combiner}
     from compressor.cli.common import training_sets
     from compressor.recipes import RecipeContext, get_recipe
 

@@ -54,6 +54,22 @@ class TensorSpec(JsonConfig):
         return ((codes.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(np.float32)
 
 
+def io_processing(recipe: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(splitter, combiner) a model trained with ``recipe`` needs around its int8 graph, or None each.
+
+    FQSE (compressor/fqse/io_codec.py): the input splitter turns mono audio
+    into two int8 channels (high and low byte), the RQB combiner adds the
+    second int8 output back as ``y = Q(Y_o) + eps / gain``.
+    """
+    if not recipe or recipe.get("name") != "fqse":
+        return None, None
+    config = recipe.get("config", {})
+    splitter = {"kind": "fqse_split", "bits": 8} if config.get("input_precision", "split") == "split" else None
+    combiner = ({"kind": "fqse_rqb", "gain": float(config.get("gain", 128.0))}
+                if config.get("output_precision", "rqb") == "rqb" else None)
+    return splitter, combiner
+
+
 @dataclass(frozen=True)
 class DeployMetadata(JsonConfig):
     """The JSON document embedded in every exported file."""

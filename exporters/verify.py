@@ -42,27 +42,26 @@ class Verification:
                 "inputs": self.inputs, "runtime": self.runtime, "passed": self.passed, "drift": self.drift}
 
 
-def simulated_codes(qmodel: QuantizedModel, runtime: Any, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(input codes fed to the file, output codes the simulation gives for them), int8 domain."""
-    spec_in, spec_out = runtime.metadata.inputs[0], runtime.metadata.outputs[0]
+def simulated_codes(qmodel: QuantizedModel, runtime: Any, audio: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(input codes fed to the file, every output's codes the simulation gives for them)."""
+    spec_in = runtime.metadata.inputs[0]
     codes = spec_in.quantize(audio.reshape(spec_in.shape))
-    x = (codes.astype(np.float32) - spec_in.zero_point) * np.float32(spec_in.scale)
     with torch.no_grad():
-        y = qmodel(torch.from_numpy(x))
-    y = y[0] if isinstance(y, (tuple, list)) else y
-    out = spec_out.quantize(y.numpy())
-    return codes, out
+        y = qmodel(torch.from_numpy(spec_in.dequantize(codes)))
+    outputs = y if isinstance(y, (tuple, list)) else [y]
+    return codes, [spec.quantize(o.numpy()) for spec, o in zip(runtime.metadata.outputs, outputs)]
 
 
 def compare(qmodel: QuantizedModel, runtime: Any, chunks: Sequence[np.ndarray], tolerance_lsb: float) -> Verification:
+    """Largest and mean output difference (LSBs of each output's scale) over ``chunks``."""
     worst, total, count = 0, 0.0, 0
     for audio in chunks:
         codes, expected = simulated_codes(qmodel, runtime, audio)
-        got = runtime.run_codes(codes)[0]
-        diff = np.abs(got.astype(np.int32).reshape(-1) - expected.astype(np.int32).reshape(-1))
-        worst = max(worst, int(diff.max()))
-        total += float(diff.sum())
-        count += diff.size
+        for got, want in zip(runtime.run_codes(codes), expected):
+            diff = np.abs(got.astype(np.int32).reshape(-1) - want.astype(np.int32).reshape(-1))
+            worst = max(worst, int(diff.max()))
+            total += float(diff.sum())
+            count += diff.size
     return Verification(worst, total / max(count, 1), tolerance_lsb, len(chunks), runtime.name)
 
 

@@ -54,17 +54,32 @@ class Runtime(ABC):
         return self.metadata.chunk_samples
 
     def run_chunk(self, audio: np.ndarray) -> np.ndarray:
-        """Exactly ``chunk_samples`` float samples -> (sources, chunk_samples) float."""
-        spec = self.metadata.inputs[0]
-        if spec.layout != "batch,time":
+        """Exactly ``chunk_samples`` float samples -> (sources, chunk_samples) float.
+
+        With FQSE metadata the splitter makes the two int8 input channels and
+        the combiner adds the RQB's residual output back (compressor/fqse/io_codec.py).
+        """
+        meta = self.metadata
+        spec = meta.inputs[0]
+        if meta.splitter:
+            from compressor.fqse.io_codec import split
+
+            model_input = split(audio.reshape(1, -1), np, axis=-2).astype(np.float32)
+        elif spec.layout == "batch,time":
+            model_input = audio
+        else:
             raise DataError(
                 f"this model's input is {spec.shape} ({spec.layout}), not mono audio (batch, time): process() "
-                "cannot feed it (an FQSE model's split input needs the splitter/combiner, not yet in the runtimes); "
-                "use run_codes() with inputs of that shape")
-        codes = spec.quantize(audio.reshape(spec.shape))
-        out_codes = self.run_codes(codes)[0]
-        out = self.metadata.outputs[0].dequantize(out_codes)
-        return out.reshape(self.metadata.num_sources, -1)[:, : audio.shape[-1]]
+                "cannot feed it; use run_codes() with inputs of that shape")
+        outputs = self.run_codes(spec.quantize(model_input.reshape(spec.shape)))
+        values = [o_spec.dequantize(o) for o_spec, o in zip(meta.outputs, outputs)]
+        if meta.combiner:
+            from compressor.fqse.io_codec import combine
+
+            out = combine(values[0], values[1], meta.combiner["gain"])
+        else:
+            out = values[0]
+        return out.reshape(meta.num_sources, -1)[:, : audio.shape[-1]]
 
     def process(self, pcm: np.ndarray, overlap: float = DEFAULT_OVERLAP) -> np.ndarray:
         """Audio of any length -> (sources, time) float32 (``(time,)`` for one source)."""

@@ -9,7 +9,7 @@ import torch
 from compressor.checkpoint import load_model
 from exporters.api import ExportConfig, deploy_metadata
 from exporters.lowering import lower
-from exporters.metadata import DeployMetadata, TensorSpec
+from exporters.metadata import DeployMetadata, TensorSpec, io_processing
 from runtimes.base import Runtime
 
 
@@ -33,7 +33,9 @@ class TorchRuntime(Runtime):
         sample_rate = int(loaded.info.get("sample_rate", sample_rate))
         cfg = ExportConfig(target="onnx", uint8_activations=False, sample_rate=sample_rate, chunk_seconds=chunk_seconds)
         if self.quantized:
-            self.metadata = deploy_metadata(self.model, lower(self.model, int8_io=True), cfg, {"path": str(path)})
+            splitter, combiner = io_processing(loaded.recipe)
+            self.metadata = deploy_metadata(self.model, lower(self.model, int8_io=True), cfg,
+                                            {"path": str(path), "splitter": splitter, "combiner": combiner})
         else:
             chunk = cfg.chunk_samples
             with torch.no_grad():
@@ -47,10 +49,11 @@ class TorchRuntime(Runtime):
     def run_codes(self, codes: np.ndarray) -> list[np.ndarray]:
         if not self.quantized:
             raise TypeError("a float model has no int8 boundary; use run_chunk/process")
-        spec_in, spec_out = self.metadata.inputs[0], self.metadata.outputs[0]
+        spec_in = self.metadata.inputs[0]
         with torch.no_grad():
             y = self.model(torch.from_numpy(spec_in.dequantize(codes)))
-        return [spec_out.quantize(y.numpy())]
+        outputs = y if isinstance(y, (tuple, list)) else [y]
+        return [spec.quantize(o.numpy()) for spec, o in zip(self.metadata.outputs, outputs)]
 
     def run_chunk(self, audio: np.ndarray) -> np.ndarray:
         if self.quantized:

@@ -200,3 +200,35 @@ def test_drift_report_names_the_first_differing_tensor():
     got = {"a": np.array([1, 2, 3], np.int8), "b": np.array([5, 9], np.int8), "c": np.array([3], np.int8)}
     rows = drift_report(expected, got, {})
     assert [r["tensor"] for r in rows] == ["b", "c"] and rows[0]["max_lsb"] == 4
+
+
+def test_fqse_model_exports_and_runs_with_splitter_and_combiner(tmp_path):
+    """FQSE: two int8 input channels, two int8 outputs; the runtimes split before and combine after."""
+    from compressor.data import open_dataset
+    from compressor.recipes import RecipeContext, get_recipe
+    from compressor.zoo import build_model
+    from exporters.metadata import io_processing
+
+    torch.manual_seed(0)
+    recipe = get_recipe("fqse").from_options({"steps": 2, "batch_size": 2, "calib_batches": 2,
+                                              "checkpoint_every": 2, "validate_every": 2})
+    train = open_dataset("demo:train", segment_seconds=0.25, seed=0)
+    qmodel = recipe.run(RecipeContext(build_model("conv_tasnet", TINY_TASNET), train, None, tmp_path / "run",
+                                      progress=False))
+    ckpt = save_quantized(tmp_path / "fqse.pt", qmodel, recipe.saved_arch(None), recipe.describe())
+    splitter, combiner = io_processing(recipe.describe())
+    assert splitter and combiner
+    sim = runtimes.load(ckpt, chunk_seconds=0.25)
+    audio = _audio(1, seconds=0.6, seed=5)[0]
+    expected = sim.process(audio)
+    for target in ("onnx", "tflite"):
+        cfg = ExportConfig(target=target, chunk_seconds=0.25, tolerance_lsb=1000)  # eps drifts in its fine LSBs
+        result = export(qmodel, target, tmp_path / f"fqse.{target}", config=cfg, calibration=_audio(),
+                        model_info={"splitter": splitter, "combiner": combiner})
+        meta = result.metadata
+        assert result.ops["float_op_count"] == 0 and len(meta.outputs) == 2
+        assert meta.inputs[0].layout == "batch,split,time" and meta.splitter == splitter
+        got = runtimes.load(result.path).process(audio)
+        assert got.shape == audio.shape
+        # the combined output follows the simulation to within a few LSBs of Q(Y_o)
+        assert np.max(np.abs(got - expected)) <= 4 * meta.outputs[0].scale
