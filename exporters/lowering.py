@@ -3,7 +3,8 @@
 The result is an FX graph over int8 tensors in the PT2E "reference" form both
 converters understand: every quantizer becomes explicit
 ``quantized_decomposed`` quantize/dequantize ops with our exact scales and
-zero-points, weights become int8 constants, biases int32 constants, the
+zero-points, weights become int8 constants, biases float constants on their
+int32 grid s_in * s_w (each converter stores them as int32), the
 input is an int8 tensor and every output an int8 tensor.
 
 Ops with no int8 kernel in a runtime are rewritten into ops that have one,
@@ -58,8 +59,6 @@ class LoweredModel:
     inputs: list[TensorQParams]
     outputs: list[TensorQParams]
     rewrites: dict[str, int] = field(default_factory=dict)
-    # quantizer name -> the deployed node names that carry its int8 tensor (drift reports)
-    tensor_names: dict[str, str] = field(default_factory=dict)
 
 
 def _activation_qparams(q: nn.Module) -> TensorQParams:
@@ -78,7 +77,6 @@ class _Lowerer:
         self.gm = copy.deepcopy(qmodel.graph_module)
         self.graph = self.gm.graph
         self.rewrites: dict[str, int] = {}
-        self.tensor_names: dict[str, str] = {}
         self._buffers = 0
 
     # -- helpers ---------------------------------------------------------
@@ -132,7 +130,7 @@ class _Lowerer:
         # make sure nothing float-trained sneaks back in through them.
         delattr(self.gm, QUANTIZER_ROOT)
         self.gm.recompile()
-        return LoweredModel(self.gm, inputs, outputs, self.rewrites, self.tensor_names)
+        return LoweredModel(self.gm, inputs, outputs, self.rewrites)
 
     def drop_guards(self) -> None:
         # torch.export's input guards check float inputs; the deployed graph takes int8.
@@ -332,7 +330,6 @@ class _Lowerer:
                     deq = self.graph.call_function(qd.dequantize_per_tensor.default,
                                                    (quant, p.scale, p.zero_point, p.qmin, p.qmax, torch.int8))
             deq.meta = dict(node.meta)
-            self.tensor_names.setdefault(str(node.target)[len(QUANTIZER_ROOT) + 1:], quant.name)
             node.replace_all_uses_with(deq)
             self.graph.erase_node(node)
 

@@ -239,13 +239,6 @@ def build_onnx(lowered: LoweredModel, example: torch.Tensor, metadata: DeployMet
     return model, stats
 
 
-def io_dtypes(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
-    name = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT: "float32"}
-    ins = [name.get(i.type.tensor_type.elem_type, "other") for i in model.graph.input]
-    outs = [name.get(o.type.tensor_type.elem_type, "other") for o in model.graph.output]
-    return ins, outs
-
-
 def intermediate_tensors(path: Path, names: list[str], codes: np.ndarray) -> dict[str, np.ndarray]:
     """The file's tensors for the lowered graph's quantize nodes ``names``, for one input.
 
