@@ -77,7 +77,8 @@ def run(checkpoint: Path, chunk_seconds: float, threads: int, folder: Path, tole
         quality = _quality(evaluate(RuntimeAsModule(deployed), test, progress=False))
         row[target] = {
             "bytes": path.stat().st_size, "export_s": round(seconds, 1), "runtime": deployed.name,
-            "verification_max_lsb": result.verification.max_lsb, "float_ops": result.ops["float_op_count"],
+            "verification": {k: v for k, v in result.verification.to_dict().items() if k != "drift"},
+            "float_ops": result.ops["float_op_count"],
             "test_max_lsb_vs_simulation": max_lsb(deployed, sim, clips),
             "quality": quality,
             "delta_si_snr_vs_simulation": round(quality["si_snr"] - row["simulation"]["si_snr"], 4),
@@ -97,19 +98,21 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "# Deployed files vs the simulated model (demo test split, 40 clips)", "",
         f"{meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}; chunks of {meta['chunk_seconds']} s "
         "with 25% cross-faded overlap, the same for every runtime.", "",
-        "| model | runtime | size KiB | export s | float ops | max LSB (test) | SI-SNR | ΔSI-SNR vs sim | low | mid | high | SDR | STOI |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | runtime | size KiB | export s | float ops | op max LSB (own inputs) | export SNR dB | max LSB (test) "
+        "| SI-SNR | ΔSI-SNR vs sim | low | mid | high | SDR | STOI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s = r["simulation"]
-        lines.append(f"| {Path(r['checkpoint']).stem} | simulation | | | | | {s['si_snr']:.3f} | | {s['si_snr_low']:.2f} | "
+        lines.append(f"| {Path(r['checkpoint']).stem} | simulation | | | | | | | {s['si_snr']:.3f} | | {s['si_snr_low']:.2f} | "
                      f"{s['si_snr_mid']:.2f} | {s['si_snr_high']:.2f} | {s['sdr']:.2f} | {s['stoi']:.3f} |")
         for target in ("tflite", "onnx"):
             t = r[target]
             q = t["quality"]
             lines.append(
                 f"| {Path(r['checkpoint']).stem} | {t['runtime']} ({target}) | {t['bytes'] / 1024:.0f} | {t['export_s']} | "
-                f"{t['float_ops']} | {t['test_max_lsb_vs_simulation']} | {q['si_snr']:.3f} | "
+                f"{t['float_ops']} | {t['verification']['op_max_lsb']} | {t['verification']['snr_db']:.1f} | "
+                f"{t['test_max_lsb_vs_simulation']} | {q['si_snr']:.3f} | "
                 f"{t['delta_si_snr_vs_simulation']:+.4f} | {q['si_snr_low']:.2f} | {q['si_snr_mid']:.2f} | "
                 f"{q['si_snr_high']:.2f} | {q['sdr']:.2f} | {q['stoi']:.3f} |")
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -21,7 +21,7 @@ from exporters.lowering import LoweredModel, lower
 from exporters.metadata import DeployMetadata, TensorSpec
 from exporters.sessions import open_session
 from exporters.verify import (
-    Verification, compare, describe_tensors, drift_report, lowered_tensors, qparams_of,
+    Verification, closest, describe_tensors, drift_report, end_to_end, lowered_tensors, op_parity, qparams_of,
 )
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,10 @@ class ExportConfig(JsonConfig):
 
     chunk_seconds: the file's fixed input length (runtimes chunk longer audio);
     uint8_activations: ONNX only, activations as uint8 (ORT fuses Add/Mul only then);
-    tolerance_lsb: largest allowed difference to the simulation, in output LSBs;
+    tolerance_lsb: largest allowed difference of any op to the simulation given the
+        file's own inputs, in LSBs of that op's output scale (exporters/verify.py);
+    min_snr_db: lowest allowed SNR of the file's output against the simulated
+        output, end to end on the deploying runtime (rounding drift accumulates);
     allow_float: op names that may stay float (listed in the report), else export fails.
     """
 
@@ -44,6 +47,7 @@ class ExportConfig(JsonConfig):
     uint8_activations: bool = True
     verify: bool = True
     tolerance_lsb: float = 1.0
+    min_snr_db: float = 25.0
     verify_chunks: int = 4
     allow_float: tuple[str, ...] = ()
     threads: int | None = None
@@ -182,33 +186,64 @@ def _verify(qmodel: QuantizedModel, lowered: LoweredModel, file: Path, cfg: Expo
             calibration: Sequence[np.ndarray] | None, shape: list[int]) -> Verification:
     runtime = open_session(file, threads=cfg.threads)
     chunks = _verification_chunks(calibration, shape, cfg.verify_chunks, split=bool(runtime.metadata.splitter))
-    result = compare(qmodel, runtime, chunks, cfg.tolerance_lsb)
-    log.info("verification on %s: max %d LSB, mean %.4f LSB over %d chunks", runtime.name, result.max_lsb,
-             result.mean_lsb, result.inputs)
-    if not result.passed:
+    e2e = end_to_end(qmodel, runtime, chunks)
+    spec = runtime.metadata.inputs[0]
+    shift = 128 if spec.dtype == "uint8" else 0
+    input_codes = [spec.quantize(c.reshape(spec.shape)) for c in chunks]
+    rows = op_parity(lowered, _file_tensors(lowered, file, cfg, input_codes[0], shift), input_codes,
+                     float_input=(cfg.target == "tflite"), zero_shift=shift)
+    names = describe_tensors(lowered)
+    worst = max(rows, key=lambda k: rows[k]["max_lsb"], default=None)
+    result = Verification(
+        op_max_lsb=rows[worst]["max_lsb"] if worst else 0, max_lsb=e2e.max_lsb, mean_lsb=e2e.mean_lsb,
+        snr_db=e2e.snr_db, tolerance_lsb=cfg.tolerance_lsb, min_snr_db=cfg.min_snr_db, inputs=len(chunks),
+        runtime=runtime.name,
+        worst_op={"tensor": worst, **names.get(worst, {}), **rows[worst]} if worst else {})
+    log.info("verification on %s: ops within %d LSB (%d checked); end to end max %d LSB, mean %.4f LSB, "
+             "SNR %.1f dB over %d chunks", runtime.name, result.op_max_lsb, len(rows), result.max_lsb,
+             result.mean_lsb, result.snr_db, len(chunks))
+    if result.passed:
+        return result
+    if not result.ops_match:
+        result.drift = [{"tensor": k, **names.get(k, {}), **v} for k, v in rows.items()
+                        if v["max_lsb"] > cfg.tolerance_lsb][:12]
+        finding = (f"{len([v for v in rows.values() if v['max_lsb'] > cfg.tolerance_lsb])} op(s) of the exported "
+                   f"{cfg.target} file compute differently from the simulation on the same inputs (worst "
+                   f"{result.op_max_lsb} LSB of its output scale, tolerance {cfg.tolerance_lsb:g})")
+        where = "Ops off by more than the tolerance, given the file's own inputs (graph order)"
+    else:
         result.drift = _drift(lowered, file, cfg, runtime, chunks[0])
-        lines = "\n  ".join(f"{r.get('layer', '?')} ({r.get('op', '?')}, tensor {r['tensor']}): max {r['max_lsb']} LSB, "
-                             f"mean {r['mean_lsb']}" for r in result.drift)
-        raise ParityError(
-            f"the exported {cfg.target} file differs from the simulated model by up to {result.max_lsb} LSB of the "
-            f"output scale (tolerance {cfg.tolerance_lsb:g}) on {runtime.name}; nothing was written.\n"
-            f"Where the drift starts (first int8 tensors that differ, in graph order):\n  {lines or '(not located)'}"
-        )
-    return result
+        finding = (f"every op of the exported {cfg.target} file matches the simulation, but on {runtime.name} its "
+                   f"output drifts to {result.snr_db:.1f} dB SNR against the simulated output (floor "
+                   f"{cfg.min_snr_db:g} dB; max {result.max_lsb} LSB)")
+        where = "Where the drift starts (first int8 tensors that differ, in graph order)"
+    lines = "\n  ".join(f"{r.get('layer', '?')} ({r.get('op', '?')}, tensor {r['tensor']}): max {r['max_lsb']} LSB, "
+                         f"mean {r['mean_lsb']}" for r in result.drift)
+    raise ParityError(f"{finding}; nothing was written.\n{where}:\n  {lines or '(not located)'}")
+
+
+def _file_tensors(lowered: LoweredModel, file: Path, cfg: ExportConfig, example_codes: np.ndarray,
+                  shift: int) -> Callable[[np.ndarray], dict[str, list[np.ndarray]]]:
+    """codes -> the file's candidate int8 tensors per quantize node of ``lowered``."""
+    int8_codes = (example_codes.astype(np.int16) - shift).astype(np.int8)
+    expected = lowered_tensors(lowered, int8_codes, float_input=(cfg.target == "tflite"))
+    if cfg.target == "onnx":
+        return lambda codes: {k: [v] for k, v in onnx_export.intermediate_tensors(file, list(expected), codes).items()}
+    wanted = qparams_of(lowered, list(expected), expected)
+    return lambda codes: tflite_export.intermediate_tensors(file, wanted, codes)
 
 
 def _drift(lowered: LoweredModel, file: Path, cfg: ExportConfig, runtime: Any, audio: np.ndarray) -> list[dict[str, Any]]:
     spec = runtime.metadata.inputs[0]
     codes = spec.quantize(audio.reshape(spec.shape))
-    int8_codes = (codes.astype(np.int16) - (128 if spec.dtype == "uint8" else 0)).astype(np.int8)
+    shift = 128 if spec.dtype == "uint8" else 0
+    int8_codes = (codes.astype(np.int16) - shift).astype(np.int8)
     expected = lowered_tensors(lowered, int8_codes, float_input=(cfg.target == "tflite"))
     try:
-        if cfg.target == "onnx":
-            got, shift = onnx_export.intermediate_tensors(file, list(expected), codes), 128 if cfg.uint8_activations else 0
-        else:
-            wanted = qparams_of(lowered, list(expected), expected)
-            got, shift = tflite_export.intermediate_tensors(file, wanted, codes, expected), 0
+        candidates = _file_tensors(lowered, file, cfg, codes, shift)(codes)
     except Exception as exc:  # the report is a diagnosis aid; never mask the parity failure itself
         log.warning("could not collect intermediate tensors for the drift report: %s", exc)
         return []
-    return drift_report(expected, got, {name: shift for name in expected}, names=describe_tensors(lowered))
+    got = {k: closest(v, expected[k], shift) for k, v in candidates.items() if k in expected}
+    got = {k: v for k, v in got.items() if v is not None}
+    return drift_report(expected, got, {}, names=describe_tensors(lowered))

@@ -60,24 +60,33 @@ def _verification_audio(calib: str, strict_audio: bool, seconds: float, count: i
               help="onnx: keep int8 activations (default uint8, which ORT needs to fuse Add/Mul).")
 @click.option("--no-verify", is_flag=True, help="Skip running the file against the simulated model.")
 @click.option("--tolerance-lsb", default=1.0, show_default=True,
-              help="Largest allowed output difference to the simulation, in LSBs of the output scale.")
+              help="Largest allowed difference of any op to the simulation, given the file's own inputs to that op, "
+                   "in LSBs of its output scale.")
+@click.option("--min-snr-db", default=25.0, show_default=True,
+              help="Lowest allowed SNR of the file's output against the simulated output, end to end on the "
+                   "deploying runtime (1-LSB rounding differences accumulate through deep models).")
 @click.option("--allow-float", default="", metavar="OPS",
               help="Comma-separated op names that may stay float (listed in the report); otherwise export fails.")
+@click.option("--pipeline", is_flag=True,
+              help="onnx: also write OUT.pipeline.onnx, int16 PCM in and out with the splitter/combiner inside "
+                   "(plain ONNX ops, one chunk per run), checked against the file on the verification audio.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write the export report as JSON.")
 @click.option("--threads", type=int, help="Threads for PTQ and verification.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_audio, calib, reduce_range, chunk_seconds,
-               sample_rate, int8_activations, no_verify, tolerance_lsb, allow_float, report, threads, seed, verbose):
+               sample_rate, int8_activations, no_verify, tolerance_lsb, min_snr_db, allow_float, pipeline, report, threads, seed, verbose):
     """Export MODEL as an integer-only int8 file that computes what was trained.
 
     MODEL is a quantized checkpoint (compress qat / ptq), or a float model (our
     checkpoint, a .pt2, or a state_dict with --model-factory), which is first
     quantized by PTQ on the calibration data. Every op of the file is int8,
-    its input and output included; the file is run on calibration audio and
-    compared with the simulated model, and nothing is written when it
-    differs by more than --tolerance-lsb (a per-layer drift report says where).
+    its input and output included. The file is run on calibration audio and
+    checked against the simulated model twice: op by op on the file's own
+    inputs (each op within --tolerance-lsb), and end to end on the runtime
+    that deploys it (output SNR at least --min-snr-db). Nothing is written
+    when either fails; a per-layer report says where.
     """
     setup_logging(verbose)
     set_threads(threads)
@@ -93,7 +102,7 @@ def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_aud
         info["architecture"] = loaded.arch.describe()
     cfg = ExportConfig(target=target, sample_rate=int(loaded.info.get("sample_rate", sample_rate)),
                        chunk_seconds=chunk_seconds, uint8_activations=not int8_activations, verify=not no_verify,
-                       tolerance_lsb=tolerance_lsb, threads=threads,
+                       tolerance_lsb=tolerance_lsb, min_snr_db=min_snr_db, threads=threads,
                        allow_float=tuple(op.strip() for op in allow_float.split(",") if op.strip()))
     audio = None if no_verify else _verification_audio(calib, strict_audio, chunk_seconds, cfg.verify_chunks, seed)
     click.echo(f"exporting to {target} ({'verifying against the simulation' if cfg.verify else 'no verification'}) ...")
@@ -105,12 +114,24 @@ def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_aud
     click.echo(f"  float compute ops: {result.ops['float_op_count']}"
                + (f" (allowed: {', '.join(cfg.allow_float)})" if cfg.allow_float else ""))
     if v is not None:
-        click.echo(f"  parity with the simulation on {v.runtime}: max {v.max_lsb} LSB, mean {v.mean_lsb:.4f} LSB "
+        click.echo(f"  parity with the simulation: every op within {v.op_max_lsb} LSB on the file's own inputs; "
+                   f"end to end on {v.runtime}: max {v.max_lsb} LSB, mean {v.mean_lsb:.4f} LSB, SNR {v.snr_db:.1f} dB "
                    f"over {v.inputs} chunks of {chunk_seconds:g} s")
+    if pipeline:
+        summary["pipeline"] = str(_write_pipeline(out, target, audio, seed))
+        click.echo(f"wrote {summary['pipeline']} (int16 PCM in/out, {chunk_seconds:g} s per run)")
     if report:
         from compressor.fileio import write_text_atomic
 
         write_text_atomic(report, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def _write_pipeline(out: Path, target: str, audio, seed: int) -> Path:
+    from exporters.pipeline_onnx import write_pipeline
+
+    if target != "onnx":
+        raise ExportError("--pipeline needs --target onnx (the pipeline is built from plain ONNX ops)")
+    return write_pipeline(out, out.with_suffix(".pipeline.onnx"), audio, seed=seed)
 
 
 def _check_writable(out: Path) -> None:

@@ -102,16 +102,15 @@ def op_report(path_or_bytes: Path | bytes) -> list[dict[str, object]]:
     return report
 
 
-def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], codes,
-                         expected: dict[str, np.ndarray] | None = None) -> dict[str, object]:
-    """The file's int8 tensors matched to the lowered graph's quantize nodes, for one input.
+def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], codes) -> dict[str, list[np.ndarray]]:
+    """The file's int8 tensors that may be the lowered graph's quantize nodes, for one input.
 
     The converter names tensors after modules, not graph nodes, so a tensor is
     matched by its qparams and size (``wanted``: name -> (scale, zero_point,
-    size)), which are unique per quantizer but for tensors that share one
+    size)). Those are unique per quantizer but for tensors that share one
     (PReLU's two branches, concat inputs, a variance before and after its
-    floor). Among those, the one closest to ``expected`` is taken: the report
-    can then under-state drift at such a tensor, never invent it.
+    floor): each name gets every candidate, and the caller picks by value.
+    Runs the builtin reference kernels (XNNPACK keeps no intermediate tensors).
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -126,17 +125,11 @@ def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], 
         if t["dtype"].__name__ == "int8" and scale:
             key = (round(float(scale), 9), int(zero_point), int(np.prod(t["shape"])))
             pool.setdefault(key, []).append(t["index"])
-    found = {}
+    found: dict[str, list[np.ndarray]] = {}
     for name, (scale, zero_point, size) in wanted.items():
-        arrays = []
         for index in pool.get((round(float(scale), 9), int(zero_point), int(size)), []):
             try:
-                arrays.append(interp.get_tensor(index).copy())
-            except ValueError:
+                found.setdefault(name, []).append(interp.get_tensor(index).copy())
+            except ValueError:  # a tensor the interpreter did not keep
                 pass
-        if arrays and expected is not None and name in expected:
-            want = np.sort(expected[name].astype(np.int32).reshape(-1))
-            arrays.sort(key=lambda a: int(np.abs(np.sort(a.astype(np.int32).reshape(-1)) - want).max()))
-        if arrays:
-            found[name] = arrays[0]
     return found

@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from compressor.errors import DataError
+from exporters.io_processing import decode, encode
 from exporters.metadata import DeployMetadata
 
 DEFAULT_OVERLAP = 0.25  # of a chunk
@@ -59,27 +60,7 @@ class Runtime(ABC):
         With FQSE metadata the splitter makes the two int8 input channels and
         the combiner adds the RQB's residual output back (compressor/fqse/io_codec.py).
         """
-        meta = self.metadata
-        spec = meta.inputs[0]
-        if meta.splitter:
-            from compressor.fqse.io_codec import split
-
-            model_input = split(audio.reshape(1, -1), np, axis=-2).astype(np.float32)
-        elif spec.layout == "batch,time":
-            model_input = audio
-        else:
-            raise DataError(
-                f"this model's input is {spec.shape} ({spec.layout}), not mono audio (batch, time): process() "
-                "cannot feed it; use run_codes() with inputs of that shape")
-        outputs = self.run_codes(spec.quantize(model_input.reshape(spec.shape)))
-        values = [o_spec.dequantize(o) for o_spec, o in zip(meta.outputs, outputs)]
-        if meta.combiner:
-            from compressor.fqse.io_codec import combine
-
-            out = combine(values[0], values[1], meta.combiner["gain"])
-        else:
-            out = values[0]
-        return out.reshape(meta.num_sources, -1)[:, : audio.shape[-1]]
+        return decode(self.metadata, self.run_codes(encode(self.metadata, audio)))[:, : audio.shape[-1]]
 
     def process(self, pcm: np.ndarray, overlap: float = DEFAULT_OVERLAP) -> np.ndarray:
         """Audio of any length -> (sources, time) float32 (``(time,)`` for one source)."""

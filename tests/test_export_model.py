@@ -48,7 +48,7 @@ def exported(tiny_qmodel, tmp_path_factory):
 def test_conv_tasnet_exports_integer_only_and_matches_simulation(exported, target):
     result = exported[target]
     assert result.ops["float_op_count"] == 0
-    assert result.verification.max_lsb <= 1
+    assert result.verification.op_max_lsb <= 1 and result.verification.max_lsb <= 1
     assert result.rewrites.get("conv_transpose1d -> polyphase conv1d + reshape") == 1
     assert result.rewrites.get("prelu -> where(x > 0, x, a * x)", 0) >= 1
     meta = result.metadata
@@ -87,7 +87,20 @@ def test_parity_failure_writes_nothing(tiny_qmodel, tmp_path):
         export(tiny_qmodel, "onnx", out, config=cfg, calibration=_audio())
     assert not out.exists() and list(tmp_path.iterdir()) == []
     # the report names layers and ops, not only tensors
-    assert "Where the drift starts" in str(failure.value)
+    assert "Ops off by more than the tolerance" in str(failure.value) and "conv1d" in str(failure.value)
+
+
+def test_end_to_end_drift_below_the_snr_floor_writes_nothing(tiny_qmodel, tmp_path, monkeypatch):
+    """Every op matches, yet the deploying runtime's output drifts (as a broken delegate would): refused."""
+    import exporters.api as api
+    from exporters.verify import EndToEnd
+
+    out = tmp_path / "never.onnx"
+    monkeypatch.setattr(api, "end_to_end", lambda *a: EndToEnd(max_lsb=40, mean_lsb=6.0, snr_db=12.0))
+    cfg = ExportConfig(target="onnx", chunk_seconds=CHUNK_SECONDS)
+    with pytest.raises(ParityError, match="every op of the exported onnx file matches") as failure:
+        export(tiny_qmodel, "onnx", out, config=cfg, calibration=_audio())
+    assert not out.exists() and "dB SNR" in str(failure.value)
 
 
 def test_export_refuses_a_float_model(tmp_path):
@@ -161,36 +174,51 @@ def test_cli_run_refuses_wrong_rate_with_strict_audio(exported, tmp_path):
 
 
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
-def test_drift_report_reads_every_int8_tensor_of_the_file(exported, tiny_qmodel, target):
-    """The per-layer report compares the file's own intermediate tensors with the lowered graph's."""
+def test_every_op_of_the_file_matches_the_simulation_on_its_own_inputs(exported, tiny_qmodel, target):
+    """Teacher forcing: each int8 tensor of the file vs the lowered graph fed the file's own inputs."""
     from exporters import lower
-    from exporters.api import _drift
+    from exporters.api import _drift, _file_tensors
+    from exporters.verify import describe_tensors, lowered_tensors, op_parity
 
     lowered = lower(tiny_qmodel, int8_io=(target == "onnx"))
     cfg = ExportConfig(target=target, chunk_seconds=CHUNK_SECONDS)
     session = runtimes.load(exported[target].path)
-    audio = _audio(1)[0]
-    from exporters.verify import lowered_tensors
-
     spec = session.metadata.inputs[0]
-    codes = spec.quantize(audio.reshape(spec.shape))
-    int8_codes = (codes.astype(np.int16) - (128 if spec.dtype == "uint8" else 0)).astype(np.int8)
+    shift = 128 if spec.dtype == "uint8" else 0
+    codes = [spec.quantize(a.reshape(spec.shape)) for a in _audio(2)]
+    rows = op_parity(lowered, _file_tensors(lowered, exported[target].path, cfg, codes[0], shift), codes,
+                     float_input=(target == "tflite"), zero_shift=shift)
+    int8_codes = (codes[0].astype(np.int16) - shift).astype(np.int8)
     expected = lowered_tensors(lowered, int8_codes, float_input=(target == "tflite"))
-    if target == "onnx":
-        from exporters.onnx_export import intermediate_tensors
-
-        got = intermediate_tensors(exported[target].path, list(expected), codes)
-    else:
-        from exporters.tflite_export import intermediate_tensors
-        from exporters.verify import qparams_of
-
-        got = intermediate_tensors(exported[target].path, qparams_of(lowered, list(expected), expected), codes,
-                                   expected)
-    assert len(got) >= len(expected) // 2  # most int8 tensors keep their names through conversion
-    report = _drift(lowered, exported[target].path, cfg, session, audio)
-    # a matching file: rounding-level drift only (TFLite's fixed-point requantization of
-    # intermediate tensors is up to 2 LSB off the float simulation; the output stays within 1)
+    assert len(rows) == len(expected), set(expected) - set(rows)  # every int8 tensor of the graph is in the file
+    assert set(rows) <= set(describe_tensors(lowered))
+    assert all(r["max_lsb"] <= 1 for r in rows.values()), {k: r for k, r in rows.items() if r["max_lsb"] > 1}
+    # the accumulated (not teacher-forced) report reads the same tensors; rounding-level drift only
+    report = _drift(lowered, exported[target].path, cfg, session, _audio(1)[0])
     assert all(row["max_lsb"] <= 2 for row in report), [r for r in report if r["max_lsb"] > 2]
+
+
+def test_op_parity_finds_an_op_that_computes_differently(exported, tiny_qmodel):
+    """A file whose one op is off (here: one tensor's codes shifted) is caught at that op, not downstream."""
+    from exporters import lower
+    from exporters.api import _file_tensors
+    from exporters.verify import op_parity
+
+    lowered = lower(tiny_qmodel, int8_io=True)
+    cfg = ExportConfig(target="onnx", chunk_seconds=CHUNK_SECONDS)
+    spec = runtimes.load(exported["onnx"].path).metadata.inputs[0]
+    codes = [spec.quantize(_audio(1)[0].reshape(spec.shape))]
+    read = _file_tensors(lowered, exported["onnx"].path, cfg, codes[0], 128)
+    victim = sorted(read(codes[0]))[len(read(codes[0])) // 2]
+
+    def tampered(c):
+        found = read(c)
+        found[victim] = [np.clip(found[victim][0].astype(np.int32) + 5, 0, 255).astype(np.uint8)]
+        return found
+
+    rows = op_parity(lowered, tampered, codes, float_input=False, zero_shift=128)
+    off = [k for k, r in rows.items() if r["max_lsb"] > 1]
+    assert victim in off and rows[victim]["max_lsb"] >= 4
 
 
 def test_drift_report_names_the_first_differing_tensor():
@@ -222,7 +250,7 @@ def test_fqse_model_exports_and_runs_with_splitter_and_combiner(tmp_path):
     audio = _audio(1, seconds=0.6, seed=5)[0]
     expected = sim.process(audio)
     for target in ("onnx", "tflite"):
-        cfg = ExportConfig(target=target, chunk_seconds=0.25, tolerance_lsb=1000)  # eps drifts in its fine LSBs
+        cfg = ExportConfig(target=target, chunk_seconds=0.25)
         result = export(qmodel, target, tmp_path / f"fqse.{target}", config=cfg, calibration=_audio(),
                         model_info={"splitter": splitter, "combiner": combiner})
         meta = result.metadata
@@ -243,3 +271,33 @@ def test_fqse_model_exports_and_runs_with_splitter_and_combiner(tmp_path):
         assert got.shape == audio.shape
         snr = 10 * np.log10(np.sum(expected ** 2) / np.sum((got - expected) ** 2))
         assert snr > 20, (target, snr)
+        if target == "onnx":  # the same split/combine as plain ONNX ops around the file
+            _check_pipeline(result.path, tmp_path / "fqse.pipeline.onnx", audio)
+
+
+def _check_pipeline(core, out, audio):
+    from exporters.pipeline_onnx import to_pcm16, write_pipeline
+
+    write_pipeline(core, out, [audio])
+    import onnx
+
+    model = onnx.load(str(out))
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.INT16]
+    assert [o.type.tensor_type.elem_type for o in model.graph.output] == [onnx.TensorProto.INT16]
+    pipeline, file = runtimes.load(out), runtimes.load(core)
+    assert pipeline.pipeline and pipeline.metadata.model["pipeline"]["input"]["dtype"] == "int16"
+    pcm = to_pcm16(audio)  # what an app has; float audio off the 16-bit grid is rounded here, floored by the splitter
+    got, want = to_pcm16(pipeline.process(pcm)), to_pcm16(file.process(pcm))
+    assert got.shape == want.shape and np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= 1
+
+
+def test_pipeline_onnx_takes_and_returns_int16_pcm(exported, tmp_path):
+    _check_pipeline(exported["onnx"].path, tmp_path / "tasnet.pipeline.onnx", _audio(1, seconds=0.37, seed=4)[0])
+
+
+def test_pipeline_refuses_a_tflite_core(exported, tmp_path):
+    from exporters.pipeline_onnx import write_pipeline
+
+    with pytest.raises(ExportError, match="onnx"):
+        write_pipeline(exported["tflite"].path, tmp_path / "x.pipeline.onnx")
+    assert not (tmp_path / "x.pipeline.onnx").exists()

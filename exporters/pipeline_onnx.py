@@ -1,0 +1,177 @@
+"""A pipeline ONNX for apps: int16 PCM in, int16 PCM out, one chunk per run.
+
+The exported QDQ file takes and returns int8/uint8 codes, and the runtimes
+do the rest in numpy: scale the PCM, split it (FQSE), quantize; dequantize,
+combine (FQSE), scale back. An app that only has onnxruntime can instead
+run this file, which holds that arithmetic as plain ONNX ops around the
+unchanged core graph: Cast, Mul, Floor, Clip, Sub, Concat, QuantizeLinear
+before; DequantizeLinear, Mul, Add, Round, Clip, Cast after. The input is
+one chunk of ``chunk_samples`` int16 samples ``[1, T]``; the output is
+``[sources, T]`` int16. Longer audio is cut into chunks by the app (or by
+``runtimes``, which runs this file too).
+
+Each step mirrors ``compressor/fqse/io_codec.py`` and ``TensorSpec`` op for
+op (multiply by 1/scale, round half to even), so the pipeline gives the
+same int16 samples as the runtimes on the core file; ``write_pipeline``
+checks that on the verification audio before it writes anything.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compressor.errors import ExportError, ParityError
+from compressor.fileio import atomic_path
+from exporters.io_processing import decode, encode
+from exporters.metadata import METADATA_KEY, DeployMetadata, TensorSpec
+
+PCM_IN, PCM_OUT = "pcm", "pcm_out"
+PCM_SCALE = 32768.0
+_P = "pipeline_"  # prefix of every name this module adds to the graph
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.constants: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def const(self, value: float | Sequence[int], dtype=np.float32) -> str:
+        name = f"{_P}c{len(self.constants)}"
+        self.constants.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+        self._count += 1
+        output = output or f"{_P}{op_type.lower()}{self._count}"
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=f"{_P}{op_type}{self._count}", **attrs))
+        return output
+
+    def quantize(self, x: str, spec: TensorSpec, output: str) -> str:
+        """``TensorSpec.quantize``: rint(x * (1/s)) + zp, saturated (QuantizeLinear with scale 1)."""
+        scaled = self.op("Mul", [x, self.const(np.float32(1.0) / np.float32(spec.scale))])
+        zero = self.const(spec.zero_point, np.uint8 if spec.dtype == "uint8" else np.int8)
+        shaped = self.op("Reshape", [scaled, self.const(spec.shape, np.int64)])
+        return self.op("QuantizeLinear", [shaped, self.const(1.0), zero], output)
+
+    def dequantize(self, codes: str, spec: TensorSpec) -> str:
+        zero = self.const(spec.zero_point, np.uint8 if spec.dtype == "uint8" else np.int8)
+        return self.op("DequantizeLinear", [codes, self.const(spec.scale), zero])
+
+    def floor_quantize(self, x: str) -> str:
+        """io_codec._floor_quantize: clip(floor(x * 128), -128, 127) (codes, as floats)."""
+        from compressor.fqse.io_codec import SPLIT_SCALE
+
+        floored = self.op("Floor", [self.op("Mul", [x, self.const(1.0 / SPLIT_SCALE)])])
+        return self.op("Clip", [floored, self.const(-128.0), self.const(127.0)])
+
+
+def _split(b: _Builder, x: str) -> str:
+    """io_codec.split: (1, T) samples -> (1, 2, T): the high and low byte codes times 1/128."""
+    from compressor.fqse.io_codec import SPLIT_SCALE
+
+    hi = b.floor_quantize(x)
+    eps = b.op("Sub", [x, b.op("Mul", [hi, b.const(SPLIT_SCALE)])])
+    lo = b.floor_quantize(b.op("Sub", [b.op("Mul", [eps, b.const(2.0 / SPLIT_SCALE)]), b.const(1.0)]))
+    axis = b.const([-2], np.int64)
+    both = b.op("Concat", [b.op("Unsqueeze", [hi, axis]), b.op("Unsqueeze", [lo, axis])], axis=-2)
+    return b.op("Mul", [both, b.const(SPLIT_SCALE)])
+
+
+def build_pipeline(core: onnx.ModelProto, metadata: DeployMetadata) -> onnx.ModelProto:
+    """``core`` (an exported QDQ file) wrapped into int16 PCM in / int16 PCM out."""
+    if metadata.target != "onnx":
+        raise ExportError("a pipeline is built around an exported .onnx file")
+    if len(metadata.inputs) != 1 or (metadata.combiner and len(metadata.outputs) != 2):
+        raise ExportError(f"pipeline: unexpected boundary ({len(metadata.inputs)} inputs, "
+                          f"{len(metadata.outputs)} outputs) for this model's pre/post-processing")
+    spec_in = metadata.inputs[0]
+    if not metadata.splitter and spec_in.layout != "batch,time":
+        raise ExportError(f"pipeline: the model's input is {spec_in.layout}, not mono audio")
+    model = copy.deepcopy(core)
+    graph = model.graph
+    b = _Builder()
+    x = b.op("Mul", [b.op("Cast", [PCM_IN], to=TensorProto.FLOAT), b.const(1.0 / PCM_SCALE)])
+    if metadata.splitter:
+        x = _split(b, x)
+    b.quantize(x, spec_in, graph.input[0].name)
+    pre = list(b.nodes)
+
+    b.nodes = []
+    values = [b.dequantize(o.name, spec) for o, spec in zip(graph.output, metadata.outputs)]
+    if metadata.combiner:
+        y = b.op("Add", [values[0], b.op("Mul", [values[1], b.const(1.0 / metadata.combiner["gain"])])])
+    else:
+        y = values[0]
+    y = b.op("Reshape", [y, b.const([metadata.num_sources, metadata.chunk_samples], np.int64)])
+    pcm = b.op("Clip", [b.op("Round", [b.op("Mul", [y, b.const(PCM_SCALE)])]), b.const(-32768.0), b.const(32767.0)])
+    b.op("Cast", [pcm], PCM_OUT, to=TensorProto.INT16)
+
+    nodes = pre + list(graph.node) + b.nodes
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(b.constants)
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(PCM_IN, TensorProto.INT16, [1, metadata.chunk_samples]))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(PCM_OUT, TensorProto.INT16,
+                                                      [metadata.num_sources, metadata.chunk_samples]))
+    described = DeployMetadata.from_dict({**metadata.to_dict(), "model": {
+        **metadata.model, "pipeline": {"input": {"name": PCM_IN, "dtype": "int16", "shape": [1, metadata.chunk_samples]},
+                                       "output": {"name": PCM_OUT, "dtype": "int16",
+                                                  "shape": [metadata.num_sources, metadata.chunk_samples]}}}})
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            entry.value = described.to_json()
+    onnx.checker.check_model(model)
+    return model
+
+
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """Float samples -> the int16 PCM the pipeline takes (as a WAV writer rounds and clips)."""
+    return np.clip(np.rint(np.asarray(audio, np.float64) * PCM_SCALE), -32768, 32767).astype(np.int16)
+
+
+def write_pipeline(core_path: str | Path, out: str | Path, chunks: Sequence[np.ndarray] | None = None,
+                   tolerance: int = 1, seed: int = 0) -> Path:
+    """Build the pipeline around the exported ``core_path``, check it against the core file, write it atomically.
+
+    ``chunks``: audio (chunk_samples each) on which the pipeline's int16 output
+    must equal the core file's output (run by ``exporters.sessions``, pre/post
+    in numpy) within ``tolerance`` int16 steps; speech-level noise when None.
+    """
+    import onnxruntime as ort
+
+    from exporters.sessions import open_session
+
+    core = open_session(core_path)
+    if core.metadata.target != "onnx":
+        raise ExportError(f"{core_path}: a pipeline is built around an exported .onnx file, not {core.metadata.target}")
+    model = build_pipeline(onnx.load(str(core_path)), core.metadata)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    if not chunks:
+        rng = np.random.default_rng(seed)
+        chunks = [(rng.standard_normal(core.metadata.chunk_samples) * 0.1).astype(np.float32) for _ in range(2)]
+    worst = 0
+    for audio in chunks:
+        pcm = to_pcm16(np.asarray(audio, np.float32).reshape(-1)[: core.metadata.chunk_samples])
+        got = session.run(None, {PCM_IN: pcm.reshape(1, -1)})[0]
+        audio = pcm.astype(np.float32) / np.float32(PCM_SCALE)
+        want = to_pcm16(decode(core.metadata, core.run_codes(encode(core.metadata, audio))))
+        worst = max(worst, int(np.abs(got.astype(np.int32) - want.astype(np.int32)).max()))
+    if worst > tolerance:
+        raise ParityError(f"the pipeline around {core_path} differs from the core file by {worst} int16 steps "
+                          f"(tolerance {tolerance}); nothing was written")
+    with atomic_path(out) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(out)
+
+
+__all__ = ["PCM_IN", "PCM_OUT", "build_pipeline", "to_pcm16", "write_pipeline"]
