@@ -18,10 +18,11 @@ def main() -> None:
     compress demo              the whole flow on the embedded demo data
     compress train             train a float zoo model
     compress ptq MODEL         post-training quantization
-    compress qat MODEL         quantization-aware training (--recipe vanilla)
+    compress qat MODEL         quantization-aware training (--recipe vanilla|fqse|bam)
     compress eval MODEL...     quality, float and simulated side by side
     compress export MODEL      integer-only .tflite / QDQ .onnx, verified
     compress run MODEL IN OUT  enhance a WAV with any model file
+    compress bench MODEL...    size, BOPs, latency, memory and quality of model files
     """
 
 
