@@ -44,20 +44,24 @@ class ModelFileError(Exception):
     """The model file cannot be opened or does not look like an audio model."""
 
 
-def _io_codec():
-    """FQSE's splitter/combiner (numpy only): beside this file in a pack, else in the repository.
+def _sibling(name: str, repo_path: str, what: str):
+    """A numpy-only module of ours: beside this file in a pack, else in the repository.
 
-    Loaded by file path so that importing it does not import the compressor
-    package (and with it torch).
+    Loaded by file path so that importing it does not import our packages
+    (and with them torch).
     """
     here = Path(__file__).resolve().parent
-    for candidate in (here / "io_codec.py", here.parent / "compressor" / "fqse" / "io_codec.py"):
+    for candidate in (here / name, here.parent / repo_path):
         if candidate.is_file():
-            spec = importlib.util.spec_from_file_location("_packed_io_codec", candidate)
+            spec = importlib.util.spec_from_file_location(f"_packed_{candidate.stem}", candidate)
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)
             return module
-    raise ModelFileError("this FQSE model needs io_codec.py (the splitter/combiner) beside the runner")
+    raise ModelFileError(f"the runner needs {name} ({what}) beside it")
+
+
+def _io_codec():
+    return _sibling("io_codec.py", "compressor/fqse/io_codec.py", "FQSE's splitter/combiner")
 
 
 class _Boundary:
@@ -217,39 +221,13 @@ class FileModel:
 
     def process(self, audio: np.ndarray) -> np.ndarray:
         """Float audio of any length -> (sources, time), in cross-faded chunks."""
-        return chunked(self.run_chunk, np.asarray(audio, np.float32), self.chunk_samples)
+        return chunked(self.run_chunk, np.asarray(audio, np.float32), self.chunk_samples, self.num_sources)
 
 
-def chunked(run_chunk, x: np.ndarray, chunk: int, overlap: float = OVERLAP) -> np.ndarray:
-    """Chunks of ``chunk`` samples with linear cross-fades (``runtimes.base.overlap_add`` semantics).
-
-    A chunk's weight ramps up over the overlap with its predecessor and down
-    over the overlap with its successor; outputs are divided by the summed
-    weights, so neighbouring chunks blend with weights that sum to one.
-    """
-    n = x.shape[-1]
-    fade = int(round(chunk * overlap))
-    hop = chunk - fade
-    starts = [0] if n <= chunk else list(range(0, n - fade, hop))
-    if n > chunk and starts[-1] + chunk < n:
-        starts.append(n - chunk)
-    ramp = np.arange(1, fade + 1, dtype=np.float32) / (fade + 1)
-    out, weight = None, np.zeros(n, np.float32)
-    for k, start in enumerate(starts):
-        piece = x[start:start + chunk]
-        length = piece.shape[-1]
-        y = run_chunk(np.pad(piece, (0, chunk - length)))[:, :length]
-        w = np.ones(length, np.float32)
-        if fade and k > 0:
-            w[:min(fade, length)] = ramp[:min(fade, length)]
-        if fade and k < len(starts) - 1:
-            tail = min(fade, length)
-            w[length - tail:] = np.minimum(w[length - tail:], ramp[::-1][fade - tail:])
-        if out is None:
-            out = np.zeros((y.shape[0], n), np.float32)
-        out[:, start:start + length] += y * w
-        weight[start:start + length] += w
-    return out / np.maximum(weight, 1e-12)
+def chunked(run_chunk, x: np.ndarray, chunk: int, sources: int, overlap: float = OVERLAP) -> np.ndarray:
+    """``runtimes/chunking.py``'s overlap-add (copied beside the runner in a pack)."""
+    chunking = _sibling("chunking.py", "runtimes/chunking.py", "the cross-faded chunking")
+    return chunking.overlap_add(run_chunk, x, chunk, overlap, sources)
 
 
 # -- measuring --------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from compressor.metrics import BUCKETS, snr_bucket
 
 RUNNER = Path(device_runner.__file__)
 IO_CODEC = Path(__file__).resolve().parent.parent / "compressor" / "fqse" / "io_codec.py"
+CHUNKING = Path(__file__).resolve().parent.parent / "runtimes" / "chunking.py"
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -75,6 +76,7 @@ def pack(model: str | Path, folder: str | Path, data: str = "demo", clips: int =
     shutil.copyfile(model, folder / model.name)
     shutil.copyfile(RUNNER, folder / "runner.py")
     shutil.copyfile(IO_CODEC, folder / "io_codec.py")
+    shutil.copyfile(CHUNKING, folder / "chunking.py")
     dataset = eval_set(data)
     listing = []
     for index in pick_clips(dataset, clips):

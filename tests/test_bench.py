@@ -95,7 +95,7 @@ def test_runner_matches_the_product_runtime(tiny_quantized):
 
 def test_chunked_processing_is_seamless():
     x = np.random.default_rng(0).standard_normal(3333).astype(np.float32)
-    np.testing.assert_allclose(chunked(lambda c: c[None], x, 500)[0], x, atol=1e-6)
+    np.testing.assert_allclose(chunked(lambda c: c[None], x, 500, 1)[0], x, atol=1e-6)
 
 
 def test_bops_agree_between_checkpoint_and_files(tiny_float, tiny_quantized):

@@ -78,7 +78,7 @@ def packed(tmp_path_factory):
 
 
 def test_pack_folder_holds_what_the_device_needs(packed):
-    assert {p.name for p in packed.iterdir()} >= {"tiny.onnx", "runner.py", "io_codec.py", "clips", "model_info.json",
+    assert {p.name for p in packed.iterdir()} >= {"tiny.onnx", "runner.py", "io_codec.py", "chunking.py", "clips", "model_info.json",
                                                    "README.txt"}
     clips = json.loads((packed / "clips" / "clips.json").read_text())
     assert len(clips) == 3 and len({c["id"] for c in clips}) == 3
