@@ -23,8 +23,12 @@ def _quantized(loaded: LoadedModel, calib: str, strict_audio: bool, reduce_range
         from exporters.metadata import io_processing
 
         splitter, combiner = io_processing(loaded.recipe)
-        return loaded.model, {"recipe": (loaded.recipe or {}).get("name", "unknown"),
-                              "splitter": splitter, "combiner": combiner}
+        info = {"recipe": (loaded.recipe or {}).get("name", "unknown"), "splitter": splitter, "combiner": combiner}
+        if info["recipe"] == "bam":  # a quality predictor: the runtimes compute its log-mel input in numpy
+            from compressor.bam.frontend import MelConfig
+
+            info.update(task="quality", frontend=MelConfig().to_dict())
+        return loaded.model, info
     from compressor.cli.common import training_sets
     from compressor.recipes import RecipeContext, get_recipe
 

@@ -134,8 +134,12 @@ def lowered_tensors(lowered: LoweredModel, codes: np.ndarray, float_input: bool)
 
 
 def _layouts(have: np.ndarray, shape: tuple[int, ...]) -> list[np.ndarray]:
-    """``have`` as ``shape``, as stored and with the last two axes swapped (TFLite keeps convolutions channels-last)."""
+    """``have`` as ``shape``: as stored, channels-last (TFLite keeps convolutions NHWC / NWC) moved back to
+    channels-first, and with the last two axes swapped."""
+    shape = tuple(shape)
     views = [have.reshape(shape)]
+    if len(shape) >= 3:
+        views.append(np.moveaxis(have.reshape((shape[0],) + shape[2:] + (shape[1],)), -1, 1))
     if len(shape) >= 2 and shape[-1] != shape[-2]:
         views.append(np.swapaxes(have.reshape(shape[:-2] + (shape[-1], shape[-2])), -1, -2))
     return views

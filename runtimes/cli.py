@@ -10,12 +10,13 @@ from compressor.cli.common import handle_errors, setup_logging
 from compressor.data.audio import read_audio, write_audio
 from compressor.errors import DataError
 from runtimes import load
+from runtimes.quality import frontend_of, predict_quality
 
 
 @click.command("run")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("input_wav", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("output_wav", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("output_wav", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--threads", type=int, help="Runtime threads (default: the runtime's choice).")
 @click.option("--strict-audio", is_flag=True,
               help="Refuse input at another sample rate or with several channels (default: resample / down-mix "
@@ -27,7 +28,8 @@ from runtimes import load
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def run_cmd(model, input_wav, output_wav, threads, strict_audio, overlap, no_xnnpack, no_integer_kernels, verbose):
-    """Run MODEL on INPUT_WAV and write OUTPUT_WAV (written atomically).
+    """Run MODEL on INPUT_WAV and write OUTPUT_WAV (written atomically);
+    a speech-quality model (bam recipe) prints its predicted score instead.
 
     MODEL: an exported .tflite (LiteRT) or .onnx (onnxruntime), or our
     checkpoint (.pt, run as the PyTorch simulation). Audio of any length is
@@ -44,6 +46,11 @@ def run_cmd(model, input_wav, output_wav, threads, strict_audio, overlap, no_xnn
     audio = read_audio(input_wav, runtime.sample_rate, resample=not strict_audio, mono=not strict_audio)
     if audio.size == 0:
         raise DataError(f"audio file {input_wav} is empty (0 samples)")
+    if frontend_of(runtime) is not None:
+        _print_quality(runtime, audio, input_wav)
+        return
+    if output_wav is None:
+        raise click.UsageError("OUTPUT_WAV is required for an audio-to-audio model")
     start = time.perf_counter()
     out = runtime.process(audio, overlap=overlap)
     seconds = time.perf_counter() - start
@@ -51,3 +58,13 @@ def run_cmd(model, input_wav, output_wav, threads, strict_audio, overlap, no_xnn
     duration = audio.shape[-1] / runtime.sample_rate
     click.echo(f"wrote {output_wav}: {duration:.2f} s of audio in {seconds:.2f} s on {runtime.name} "
                f"(real-time factor {seconds / duration:.3f})")
+
+
+def _print_quality(runtime, audio, input_wav: Path) -> None:
+    start = time.perf_counter()
+    result = predict_quality(runtime, audio)
+    seconds = time.perf_counter() - start
+    clips = ", ".join(f"{s:.2f}" for s in result["clips"])
+    click.echo(f"{input_wav}: predicted quality (PESQ-WB scale) {result['score']:.2f} "
+               f"({len(result['clips'])} clip(s) of {result['clip_seconds']:g} s: {clips}) "
+               f"in {seconds * 1000:.0f} ms on {runtime.name}")

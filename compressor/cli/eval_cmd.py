@@ -32,11 +32,14 @@ from compressor.sweep import snr_sweep as snr_sweep_of
               metavar="LOW HIGH STEP", help="Input SNRs of the sweep, in dB.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Plot SI-SNR vs input SNR of every model in one figure (implies --snr-sweep).")
+@click.option("--task", type=click.Choice(["enhancement", "quality"]), default="enhancement", show_default=True,
+              help="quality: speech-quality predictors (bam recipe): test MSE and Pearson correlation against "
+                   "PESQ-WB labels; --data is a quality split (.npz, default runs/bam_data/test.npz).")
 @click.option("--threads", type=int)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle, max_items, json_out, md_out,
-             snr_sweep, sweep_range, plot_out, threads, verbose):
+             snr_sweep, sweep_range, plot_out, task, threads, verbose):
     """SI-SNR, SI-SNRi, SDR and STOI of MODELS, overall and by input SNR
     (low < 2 dB, mid 2-10 dB, high > 10 dB).
 
@@ -45,6 +48,9 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
     """
     setup_logging(verbose)
     set_threads(threads)
+    if task == "quality":
+        _eval_quality(models, data, model_factory, trust_pickle, max_items, json_out, md_out)
+        return
     dataset = eval_set(data, strict_audio)
     results: list[tuple[str, dict]] = []
     swept: list[tuple[str, torch.nn.Module]] = []  # the models of the SNR sweep, before any goes float
@@ -95,3 +101,29 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
         write_json(json_out, payload)
     if md_out:
         write_text_atomic(md_out, f"# Evaluation on {data}\n\n{table}{sweep_md}")
+
+
+def _eval_quality(models, data, model_factory, trust_pickle, max_items, json_out, md_out) -> None:
+    """MSE and PCC of quality predictors; a quantized one simulated and with its quantizers off."""
+    from compressor.bam.data import QualityDataset
+    from compressor.bam.train import quality_metrics, predict
+
+    dataset = QualityDataset(Path("runs/bam_data/test.npz") if data == "demo" else Path(data))
+    n = min(len(dataset), max_items or len(dataset))
+    x, y = dataset.features[:n], dataset.labels[:n].numpy()
+    rows = []
+    for path in models:
+        loaded = load(path, model_factory, trust_pickle)
+        variants = [("simulated int8", "quantize"), ("quantizers off", "float")] if loaded.quantized else [("", None)]
+        for label, mode in variants:
+            if mode:
+                loaded.model.set_mode(mode)
+            metrics = quality_metrics(predict(loaded.model, x), y)
+            rows.append({"model": f"{path.stem} ({label})" if label else path.stem, **metrics})
+    table = "| model | test MSE | test PCC | clips |\n|---|---|---|---|\n" + "".join(
+        f"| {r['model']} | {r['mse']:.4f} | {r['pcc']:.4f} | {r['n']} |\n" for r in rows)
+    click.echo(table)
+    if json_out:
+        write_json(json_out, {"data": data, "task": "quality", "models": rows})
+    if md_out:
+        write_text_atomic(md_out, f"# Quality prediction on {data}\n\n{table}")

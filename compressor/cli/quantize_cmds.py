@@ -87,11 +87,14 @@ def _common(func):
               help="fqse: second encoder channel keeps the float function (default) or is Gaussian (the paper's).")
 @click.option("--rqb-init", type=click.Choice(["pinv", "fit", "paper"]),
               help="fqse: RQB encoder from the decoder's pseudo-inverse, that fitted on data, or the model's encoder (the paper's).")
+@click.option("--epochs", type=int, help="bam: training epochs from scratch (default 6).")
+@click.option("--beta", type=float, help="bam: SuperSpike surrogate steepness (default 5).")
+@click.option("--binary-weights", is_flag=True, default=None, help="bam: conv weights binary too (sign times a scale).")
 @handle_errors
 def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
             seed, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
             run_dir, resume, no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-            splitter_init, rqb_init):
+            splitter_init, rqb_init, epochs, beta, binary_weights):
     """Quantization-aware training of MODEL into a fully quantized model.
 
     Every weight and every activation, input and output included, is
@@ -102,7 +105,8 @@ def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, 
     setup_logging(verbose)
     set_threads(threads)
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, steps=steps, batch_size=batch_size,
-                   lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every)
+                   lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every,
+                   epochs=epochs, beta=beta, binary_weights=binary_weights or None)
     options.update(_fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
                                  splitter_init, rqb_init))
     _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,

@@ -367,7 +367,11 @@ def _open_dataset(path_or_name: str | os.PathLike, **kw) -> Dataset:
             if task is None:
                 task = next((t for t, (mt, _) in LIBRIMIX_TASKS.items() if path.stem.endswith(mt)), "enh_single")
             return LibriMixDataset(path, task=task, **kw)
-        raise DataError(f"{path} is a file but not a LibriMix csv\n{LAYOUTS}")
+        if path.suffix.lower() == ".npz":  # a speech-quality split (examples/bam_build_data.py)
+            from compressor.bam.data import QualityDataset
+
+            return QualityDataset(path)
+        raise DataError(f"{path} is a file but not a LibriMix csv or a quality split (.npz)\n{LAYOUTS}")
     if (path / "noisy").is_dir() and (path / "clean").is_dir():
         return PairedFolderDataset(path, **kw)
     if (path / "speech").is_dir() and (path / "noise").is_dir():

@@ -10,12 +10,13 @@ from typing import Any
 from torch import nn
 
 from compressor.errors import RecipeError
+from compressor.recipes.bam import BAM
 from compressor.recipes.base import Recipe, RecipeContext
 from compressor.recipes.fqse import FQSE
 from compressor.recipes.ptq import PTQ
 from compressor.recipes.vanilla import VanillaQAT
 
-_RECIPES: dict[str, type[Recipe]] = {"fqse": FQSE, "ptq": PTQ, "vanilla": VanillaQAT}
+_RECIPES: dict[str, type[Recipe]] = {"bam": BAM, "fqse": FQSE, "ptq": PTQ, "vanilla": VanillaQAT}
 
 
 def list_recipes() -> list[str]:

@@ -82,4 +82,4 @@ def calibration_batches(dataset: Dataset, count: int, batch_size: int, seed: int
 def example_input(dataset: Dataset, batch_size: int = 2) -> torch.Tensor:
     """An input of the dataset's shape for tracing (batch 2: batch must stay dynamic)."""
     mixture = dataset[0]["mixture"]
-    return mixture.unsqueeze(0).repeat(batch_size, 1)
+    return mixture.unsqueeze(0).repeat(batch_size, *([1] * mixture.dim()))

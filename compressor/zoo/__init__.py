@@ -21,6 +21,7 @@ from compressor.zoo.conv_tasnet import (
     GlobalLayerNorm,
     count_parameters,
 )
+from compressor.zoo.dnsmos_cnn import DnsmosCNN, DnsmosConfig
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "conv_tasnet": _Entry(ConvTasNetConfig, ConvTasNet),
+    "dnsmos_cnn": _Entry(DnsmosConfig, DnsmosCNN),
 }
 
 
@@ -75,6 +77,8 @@ __all__ = [
     "ChannelwiseLayerNorm",
     "ConvTasNet",
     "ConvTasNetConfig",
+    "DnsmosCNN",
+    "DnsmosConfig",
     "GlobalLayerNorm",
     "build_model",
     "count_parameters",
