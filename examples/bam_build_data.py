@@ -1,6 +1,6 @@
 """Build the speech-quality data set of the bam recipe (issue 6) from the demo set.
 
-    flock /tmp/cpu_heavy.lock python examples/bam_build_data.py --out runs/bam_data
+    python examples/bam_build_data.py --out runs/bam_data
 
 Writes {train,valid,test}.npz (log-mel features, PESQ-WB labels, per-clip
 info) and a few degraded test clips as WAV for `compress run`.

@@ -1,6 +1,6 @@
 """Export the int8 x int1 quality model, check it, run it bit-packed, and measure it (issue 6).
 
-    flock /tmp/cpu_heavy.lock python examples/bam_deploy.py --model runs/bam/bam_s0.pt --float runs/bam/float_s0.pt
+    python examples/bam_deploy.py --model runs/bam/bam_s0.pt --float runs/bam/float_s0.pt
 
 1. QDQ-ONNX and int8 TFLite of the bam checkpoint, verified against the simulation;
 2. every binary map in both files holds only 0 and 1;
