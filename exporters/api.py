@@ -21,7 +21,7 @@ from exporters.lowering import LoweredModel, lower
 from exporters.metadata import DeployMetadata, TensorSpec
 from exporters.sessions import open_session
 from exporters.verify import (
-    Verification, closest, describe_tensors, drift_report, end_to_end, lowered_tensors, op_parity, qparams_of,
+    Verification, as_int8, closest, describe_tensors, drift_report, end_to_end, lowered_tensors, op_parity, qparams_of,
 )
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,7 @@ def _verify(qmodel: QuantizedModel, lowered: LoweredModel, file: Path, cfg: Expo
 def _file_tensors(lowered: LoweredModel, file: Path, cfg: ExportConfig, example_codes: np.ndarray,
                   shift: int) -> Callable[[np.ndarray], dict[str, list[np.ndarray]]]:
     """codes -> the file's candidate int8 tensors per quantize node of ``lowered``."""
-    int8_codes = (example_codes.astype(np.int16) - shift).astype(np.int8)
-    expected = lowered_tensors(lowered, int8_codes, float_input=(cfg.target == "tflite"))
+    expected = lowered_tensors(lowered, as_int8(example_codes, shift), float_input=(cfg.target == "tflite"))
     if cfg.target == "onnx":
         return lambda codes: {k: [v] for k, v in onnx_export.intermediate_tensors(file, list(expected), codes).items()}
     wanted = qparams_of(lowered, list(expected), expected)
@@ -238,8 +237,7 @@ def _drift(lowered: LoweredModel, file: Path, cfg: ExportConfig, runtime: Any, a
     spec = runtime.metadata.inputs[0]
     codes = spec.quantize(audio.reshape(spec.shape))
     shift = 128 if spec.dtype == "uint8" else 0
-    int8_codes = (codes.astype(np.int16) - shift).astype(np.int8)
-    expected = lowered_tensors(lowered, int8_codes, float_input=(cfg.target == "tflite"))
+    expected = lowered_tensors(lowered, as_int8(codes, shift), float_input=(cfg.target == "tflite"))
     try:
         candidates = _file_tensors(lowered, file, cfg, codes, shift)(codes)
     except Exception as exc:  # the report is a diagnosis aid; never mask the parity failure itself
@@ -247,4 +245,4 @@ def _drift(lowered: LoweredModel, file: Path, cfg: ExportConfig, runtime: Any, a
         return []
     got = {k: closest(v, expected[k], shift) for k, v in candidates.items() if k in expected}
     got = {k: v for k, v in got.items() if v is not None}
-    return drift_report(expected, got, {}, names=describe_tensors(lowered))
+    return drift_report(expected, got, names=describe_tensors(lowered))

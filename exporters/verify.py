@@ -109,6 +109,11 @@ def _activation_quantize(n: fx.Node) -> bool:
     return n.op == "call_function" and n.target == qd.quantize_per_tensor.default and n.args[0].op != "get_attr"
 
 
+def as_int8(codes: np.ndarray, zero_shift: int) -> np.ndarray:
+    """A file's input codes (uint8 for ORT: zero-point + 128) as the int8 codes the lowered graph takes."""
+    return (codes.astype(np.int16) - zero_shift).astype(np.int8)
+
+
 def _graph_input(lowered: LoweredModel, codes: np.ndarray, float_input: bool) -> torch.Tensor:
     x = torch.from_numpy(codes)
     if float_input:
@@ -192,9 +197,8 @@ def op_parity(lowered: LoweredModel, file_tensors: Callable[[np.ndarray], dict[s
             return torch.from_numpy(have.astype(want.dtype))
 
     for codes in input_codes:
-        int8_codes = (codes.astype(np.int16) - zero_shift).astype(np.int8)
         with torch.no_grad():
-            Forced(lowered.module, file_tensors(codes)).run(_graph_input(lowered, int8_codes, float_input))
+            Forced(lowered.module, file_tensors(codes)).run(_graph_input(lowered, as_int8(codes, zero_shift), float_input))
     for row in rows.values():
         row["mean_lsb"] = round(row.pop("mean_lsb") / max(row.pop("inputs"), 1), 4)
     return rows
@@ -223,15 +227,15 @@ def describe_tensors(lowered: LoweredModel) -> dict[str, dict[str, str]]:
     return out
 
 
-def drift_report(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], zero_shift: dict[str, int],
-                 limit: int = 12, names: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
+def drift_report(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], limit: int = 12,
+                 names: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """The first tensors (graph order) whose codes differ, with their largest difference in LSBs."""
     rows = []
     for name, want in expected.items():
         have = got.get(name)
         if have is None or have.size != want.size:
             continue
-        view = closest([have], want, zero_shift.get(name, 0))
+        view = closest([have], want)
         diff = np.abs(view - want.astype(np.int32))
         if diff.max() > 0:
             rows.append({"tensor": name, **(names or {}).get(name, {}), "max_lsb": int(diff.max()),

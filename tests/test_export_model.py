@@ -226,7 +226,7 @@ def test_drift_report_names_the_first_differing_tensor():
 
     expected = {"a": np.array([1, 2, 3], np.int8), "b": np.array([5, 5], np.int8), "c": np.array([0], np.int8)}
     got = {"a": np.array([1, 2, 3], np.int8), "b": np.array([5, 9], np.int8), "c": np.array([3], np.int8)}
-    rows = drift_report(expected, got, {})
+    rows = drift_report(expected, got)
     assert [r["tensor"] for r in rows] == ["b", "c"] and rows[0]["max_lsb"] == 4
 
 
