@@ -176,7 +176,7 @@ def export(qmodel: QuantizedModel, target: str, path: str | Path, *, config: Exp
         float_ops.check(ops, cfg.allow_float, target)
         verification = None
         if cfg.verify:
-            # a fresh lowering: the converters trace (and may rewrite) the graph module they are given
+            # the reference is a fresh lowering of the simulation, not the module the converter traced
             verification = _verify(qmodel, lower(qmodel, int8_io=(target == "onnx")), scratch, cfg, calibration, shape)
         with atomic_path(path) as tmp_out:
             Path(tmp_out).write_bytes(scratch.read_bytes())

@@ -117,6 +117,12 @@ def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_aud
     click.echo(f"  ops: {', '.join(f'{k} x{n}' for k, n in sorted(result.ops['count'].items()))}")
     click.echo(f"  float compute ops: {result.ops['float_op_count']}"
                + (f" (allowed: {', '.join(cfg.allow_float)})" if cfg.allow_float else ""))
+    if target == "tflite":
+        from exporters.tflite_export import xnnpack_coverage
+
+        coverage = summary["xnnpack"] = xnnpack_coverage(out)
+        left = ", ".join(f"{k} x{n}" for k, n in sorted(coverage["undelegated"].items())) or "none"
+        click.echo(f"  XNNPACK: {coverage['partitions']} partition(s); ops left to the builtin kernels: {left}")
     if v is not None:
         click.echo(f"  parity with the simulation: every op within {v.op_max_lsb} LSB on the file's own inputs; "
                    f"end to end on {v.runtime}: max {v.max_lsb} LSB, mean {v.mean_lsb:.4f} LSB, SNR {v.snr_db:.1f} dB "

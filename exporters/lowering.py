@@ -9,8 +9,13 @@ input is an int8 tensor and every output an int8 tensor.
 
 Ops with no int8 kernel in a runtime are rewritten into ops that have one,
 computing the same integers (DESIGN.md, "int8 forms of audio ops"):
-- ``prelu(x, a)`` -> ``where(x > 0, x, a * x)``; ``a * x`` takes the PReLU
-  output's qparams, so both branches land on the grid QAT trained;
+- ``prelu(x, a)`` with one slope (Conv-TasNet's) -> ``leaky_relu(x, a)`` with
+  the trained, quantized slope: one int8 op in both runtimes, which XNNPACK
+  keeps inside its partition;
+- ``prelu(x, a)`` with per-channel slopes -> ``where(x > 0, x, a * x)``;
+  ``a * x`` takes the PReLU output's qparams, so both branches land on the
+  grid QAT trained (GREATER + SELECT: int8, but XNNPACK leaves them to the
+  builtin kernels);
 - ``conv_transpose1d`` (kernel a multiple of the stride) -> a polyphase
   ``conv1d`` with ``stride`` times the output channels, then a reshape.
   Each output sample sums exactly the same int8 products, so it is exact.
@@ -148,6 +153,16 @@ class _Lowerer:
                 raise ExportError(f"PReLU {node.name} at {source_location(node)} has no output quantizer of its own")
             x, slope = node.args
             rank = node.meta["val"].dim()
+            alpha = self.scalar_slope(slope)
+            if alpha is not None:
+                with self.graph.inserting_before(node):
+                    leaky = self.graph.call_function(aten.leaky_relu.default, (x, alpha))
+                leaky.meta = dict(node.meta)
+                node.replace_all_uses_with(leaky)
+                self.graph.erase_node(node)
+                self._erase_dead(slope)
+                self.count("prelu (one slope) -> leaky_relu")
+                continue
             with self.graph.inserting_before(node):
                 positive = self.graph.call_function(aten.gt.Scalar, (x, 0.0))
                 # the slope broadcasts over the channel axis (1) like PReLU's
@@ -161,6 +176,30 @@ class _Lowerer:
             node.replace_all_uses_with(select)
             self.graph.erase_node(node)
             self.count("prelu -> where(x > 0, x, a * x)")
+
+    def scalar_slope(self, slope: fx.Node) -> float | None:
+        """The trained (quantized) slope of a one-parameter PReLU, or None for per-channel slopes.
+
+        One slope is a LEAKY_RELU, which XNNPACK and ORT run as one int8 op;
+        ``where(x > 0, ...)`` takes GREATER + SELECT, which XNNPACK does not
+        delegate, splitting the graph at every PReLU.
+        """
+        q = self.quantizer(slope)
+        source = slope.args[0] if q is not None else slope
+        if not isinstance(source, fx.Node) or source.op != "get_attr":
+            return None
+        value = get_attr_value(self.gm, source.target).detach()
+        if value.numel() != 1:
+            return None
+        with torch.no_grad():
+            value = q(value) if q is not None else value
+        return float(value.reshape(-1)[0])
+
+    def _erase_dead(self, node: fx.Node) -> None:
+        while isinstance(node, fx.Node) and not node.users:
+            inputs = [a for a in node.all_input_nodes]
+            self.graph.erase_node(node)
+            node = inputs[0] if len(inputs) == 1 else None
 
     def lower_batched_linear(self) -> None:
         """linear on (..., in) -> reshape to (N, in), linear, reshape back.

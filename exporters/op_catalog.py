@@ -51,11 +51,14 @@ class Unary(nn.Module):
         super().__init__()
         self.op = op
         self.conv = nn.Conv1d(8, 8, 1)  # gives the op a learned, signed input
-        self.prelu = nn.PReLU(8) if op == "prelu" else None
+        # per-channel slopes, or one slope as Conv-TasNet's nn.PReLU() (lowered differently)
+        self.prelu = nn.PReLU(8 if op == "prelu" else 1) if op.startswith("prelu") else None
+        if op == "prelu_shared":
+            nn.init.constant_(self.prelu.weight, 0.2)
 
     def forward(self, x):
         y = self.conv(x)
-        if self.op == "prelu":
+        if self.prelu is not None:
             return self.prelu(y)
         return {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[self.op](y)
 
@@ -125,6 +128,7 @@ OP_FIXTURES = {
     "conv_transpose1d": lambda: ConvTranspose1d(),
     "linear": lambda: Linear(),
     "prelu": lambda: Unary("prelu"),
+    "prelu_shared": lambda: Unary("prelu_shared"),
     "relu": lambda: Unary("relu"),
     "sigmoid": lambda: Unary("sigmoid"),
     "tanh": lambda: Unary("tanh"),

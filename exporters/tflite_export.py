@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import flatbuffers
@@ -38,13 +38,49 @@ def convert(lowered: LoweredModel, example: torch.Tensor) -> bytes:
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)))
     noise = io.StringIO()
     try:
-        with warnings.catch_warnings(), redirect_stdout(noise), redirect_stderr(noise):
+        with _constants_kept_alive(), warnings.catch_warnings(), redirect_stdout(noise), redirect_stderr(noise):
             warnings.simplefilter("ignore")
             edge_model = litert_torch.convert(lowered.module.eval(), (example,), quant_config=mode)
             return edge_model.model_content()
     except Exception as exc:  # the converter raises ValueError/RuntimeError with MLIR text
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"litert-torch could not convert the lowered int8 graph: {detail}") from exc
+
+
+@contextmanager
+def _constants_kept_alive():
+    """Keep every constant the converter inlines alive until the conversion ends.
+
+    litert-torch (0.10) identifies inlined constants by storage address and
+    makes some of them as temporaries (``x.contiguous()`` of a weight view)
+    that are freed while the conversion still runs. Without this, the FQSE
+    RQB decoder's polyphase weights came out as the main decoder's weights,
+    in every conversion of the demo model, never in a small model; with it,
+    always right (litert-torch issue #1061 reports the same symptom for two
+    same-shaped conv_transpose1d weights). Holding on to every fingerprinted
+    tensor keeps the addresses unique and the memory valid; the export's
+    op-by-op verification catches the file if another version misbehaves.
+    """
+    try:
+        from litert_torch.backend import inline_consts
+        fingerprint = inline_consts._ConstantFingerprint
+        original = fingerprint.__dict__["from_tensor"]
+    except (ImportError, AttributeError, KeyError):  # another litert-torch: verification still guards the file
+        log.debug("litert-torch constant cache not found; not patched")
+        yield
+        return
+    alive: list[torch.Tensor] = []
+
+    def from_tensor(cls, tensor):
+        alive.append(tensor)
+        return original.__func__(cls, tensor)
+
+    fingerprint.from_tensor = classmethod(from_tensor)
+    try:
+        yield
+    finally:
+        fingerprint.from_tensor = original
+        alive.clear()
 
 
 def embed_metadata(flatbuffer: bytes, metadata: DeployMetadata) -> bytes:
@@ -100,6 +136,43 @@ def op_report(path_or_bytes: Path | bytes) -> list[dict[str, object]]:
         outs = [tensors[i]["dtype"].__name__ for i in op["outputs"] if i >= 0]
         report.append({"op": op["op_name"], "inputs": ins, "outputs": outs})
     return report
+
+
+def xnnpack_coverage(path_or_bytes: Path | bytes, threads: int = 1) -> dict[str, object]:
+    """Which ops of a .tflite XNNPACK runs, and which it leaves to the builtin kernels.
+
+    Every op XNNPACK does not take splits the graph into another delegate
+    partition and runs on the slower reference kernels, so this is the first
+    thing to look at when an int8 file is slower than expected.
+    Returns {"partitions", "ops", "undelegated": {op: count}}.
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    kwargs = {"model_content": path_or_bytes} if isinstance(path_or_bytes, bytes) else {"model_path": str(path_or_bytes)}
+    with redirect_stderr(io.StringIO()):
+        interp = Interpreter(**kwargs, num_threads=threads)
+    interp.allocate_tensors()
+    ops = interp._get_ops_details()
+    # after delegation the node list holds the original ops plus one DELEGATE node per partition,
+    # whose inputs/outputs are the partition's boundary tensors: walk back from its outputs to find its ops
+    original = [op for op in ops if op["op_name"] != "DELEGATE"]
+    producer = {t: op["index"] for op in original for t in op["outputs"]}
+    inside: set[int] = set()
+    partitions = [op for op in ops if op["op_name"] == "DELEGATE"]
+    for partition in partitions:
+        boundary, stack, seen = set(partition["inputs"]), list(partition["outputs"]), set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in boundary or tensor in seen or tensor not in producer:
+                continue
+            seen.add(tensor)
+            inside.add(producer[tensor])
+            stack.extend(i for i in ops[producer[tensor]]["inputs"] if i >= 0)
+    left: dict[str, int] = {}
+    for op in original:
+        if op["index"] not in inside:
+            left[op["op_name"]] = left.get(op["op_name"], 0) + 1
+    return {"partitions": len(partitions), "ops": len(original), "undelegated": left}
 
 
 def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], codes) -> dict[str, list[np.ndarray]]:
