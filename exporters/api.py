@@ -38,7 +38,9 @@ class ExportConfig(JsonConfig):
         file's own inputs, in LSBs of that op's output scale (exporters/verify.py);
     min_snr_db: lowest allowed SNR of the file's output against the simulated
         output, end to end on the deploying runtime (rounding drift accumulates);
-    allow_float: op names that may stay float (listed in the report), else export fails.
+    allow_float: op names that may stay float (listed in the report), else export fails;
+    keep_tensor_names: TFLite only; by default the names of intermediate tensors (module paths,
+        ~15% of the file) are dropped, the input and output names kept.
     """
 
     target: str = "tflite"
@@ -51,6 +53,7 @@ class ExportConfig(JsonConfig):
     verify_chunks: int = 4
     allow_float: tuple[str, ...] = ()
     threads: int | None = None
+    keep_tensor_names: bool = False
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -171,7 +174,7 @@ def export(qmodel: QuantizedModel, target: str, path: str | Path, *, config: Exp
             onnx.save(model, str(scratch))
             ops = float_ops.onnx_ops(model)
         else:
-            scratch.write_bytes(tflite_export.build_tflite(lowered, x_float, metadata))
+            scratch.write_bytes(tflite_export.build_tflite(lowered, x_float, metadata, cfg.keep_tensor_names))
             ops = float_ops.tflite_ops(scratch)
         float_ops.check(ops, cfg.allow_float, target)
         verification = None

@@ -62,6 +62,9 @@ def _verification_audio(calib: str, strict_audio: bool, seconds: float, count: i
 @click.option("--sample-rate", default=16000, show_default=True, help="Sample rate the model works at (stored in the file).")
 @click.option("--int8-activations", is_flag=True,
               help="onnx: keep int8 activations (default uint8, which ORT needs to fuse Add/Mul).")
+@click.option("--keep-tensor-names", is_flag=True,
+              help="tflite: keep every tensor's module-path name (default: only the input/output names; "
+                   "the names are ~15% of the file).")
 @click.option("--no-verify", is_flag=True, help="Skip running the file against the simulated model.")
 @click.option("--tolerance-lsb", default=1.0, show_default=True,
               help="Largest allowed difference of any op to the simulation, given the file's own inputs to that op, "
@@ -80,7 +83,7 @@ def _verification_audio(calib: str, strict_audio: bool, seconds: float, count: i
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_audio, calib, reduce_range, chunk_seconds,
-               sample_rate, int8_activations, no_verify, tolerance_lsb, min_snr_db, allow_float, pipeline, report, threads, seed, verbose):
+               sample_rate, int8_activations, keep_tensor_names, no_verify, tolerance_lsb, min_snr_db, allow_float, pipeline, report, threads, seed, verbose):
     """Export MODEL as an integer-only int8 file that computes what was trained.
 
     MODEL is a quantized checkpoint (compress qat / ptq), or a float model (our
@@ -107,6 +110,7 @@ def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_aud
     cfg = ExportConfig(target=target, sample_rate=int(loaded.info.get("sample_rate", sample_rate)),
                        chunk_seconds=chunk_seconds, uint8_activations=not int8_activations, verify=not no_verify,
                        tolerance_lsb=tolerance_lsb, min_snr_db=min_snr_db, threads=threads,
+                       keep_tensor_names=keep_tensor_names,
                        allow_float=tuple(op.strip() for op in allow_float.split(",") if op.strip()))
     audio = None if no_verify else _verification_audio(calib, strict_audio, chunk_seconds, cfg.verify_chunks, seed)
     click.echo(f"exporting to {target} ({'verifying against the simulation' if cfg.verify else 'no verification'}) ...")

@@ -54,5 +54,6 @@ def tflite_binary_maps(path: str | Path, codes: np.ndarray) -> dict[str, np.ndar
     for t in interp.get_tensor_details():
         scale, zp = t["quantization"]
         if t["dtype"] == np.int8 and scale == BINARY_SCALE and len(t["shape"]) == 4:
-            found[t["name"]] = interp.get_tensor(t["index"]).astype(np.int32) - zp
+            # names are dropped at export (keep_tensor_names): key by index
+            found[t["name"] or f"tensor {t['index']}"] = interp.get_tensor(t["index"]).astype(np.int32) - zp
     return found
