@@ -77,13 +77,16 @@ def _verification_audio(calib: str, strict_audio: bool, seconds: float, count: i
 @click.option("--pipeline", is_flag=True,
               help="onnx: also write OUT.pipeline.onnx, int16 PCM in and out with the splitter/combiner inside "
                    "(plain ONNX ops, one chunk per run), checked against the file on the verification audio.")
+@click.option("--wav-pipeline", is_flag=True,
+              help="onnx: also write OUT.wav.onnx, the pipeline with WAV file bytes in (onnxruntime-extensions' "
+                   "AudioDecoder: mono mix-down and down-sampling to the model's rate, one chunk per run).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="Also write the export report as JSON.")
 @click.option("--threads", type=int, help="Threads for PTQ and verification.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_audio, calib, reduce_range, chunk_seconds,
-               sample_rate, int8_activations, keep_tensor_names, no_verify, tolerance_lsb, min_snr_db, allow_float, pipeline, report, threads, seed, verbose):
+               sample_rate, int8_activations, keep_tensor_names, no_verify, tolerance_lsb, min_snr_db, allow_float, pipeline, wav_pipeline, report, threads, seed, verbose):
     """Export MODEL as an integer-only int8 file that computes what was trained.
 
     MODEL is a quantized checkpoint (compress qat / ptq), or a float model (our
@@ -134,18 +137,21 @@ def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_aud
     if pipeline:
         summary["pipeline"] = str(_write_pipeline(out, target, audio, seed))
         click.echo(f"wrote {summary['pipeline']} (int16 PCM in/out, {chunk_seconds:g} s per run)")
+    if wav_pipeline:
+        summary["wav_pipeline"] = str(_write_pipeline(out, target, audio, seed, wav=True))
+        click.echo(f"wrote {summary['wav_pipeline']} (WAV bytes in, int16 PCM out, up to {chunk_seconds:g} s per run)")
     if report:
         from compressor.fileio import write_text_atomic
 
         write_text_atomic(report, json.dumps(summary, indent=2, default=str) + "\n")
 
 
-def _write_pipeline(out: Path, target: str, audio, seed: int) -> Path:
+def _write_pipeline(out: Path, target: str, audio, seed: int, wav: bool = False) -> Path:
     from exporters.pipeline_onnx import write_pipeline
 
     if target != "onnx":
-        raise ExportError("--pipeline needs --target onnx (the pipeline is built from plain ONNX ops)")
-    return write_pipeline(out, out.with_suffix(".pipeline.onnx"), audio, seed=seed)
+        raise ExportError(f"--{'wav-' if wav else ''}pipeline needs --target onnx (the pipeline is an ONNX graph)")
+    return write_pipeline(out, out.with_suffix(".wav.onnx" if wav else ".pipeline.onnx"), audio, seed=seed, wav=wav)
 
 
 def _check_writable(out: Path) -> None:

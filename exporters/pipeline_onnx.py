@@ -10,6 +10,10 @@ one chunk of ``chunk_samples`` int16 samples ``[1, T]``; the output is
 ``[sources, T]`` int16. Longer audio is cut into chunks by the app (or by
 ``runtimes``, which runs this file too).
 
+A variant takes the bytes of a WAV file instead (``build_wav_pipeline``):
+onnxruntime-extensions' AudioDecoder in front (the app then needs that
+package too), mono mix-down and down-sampling to the model's rate included.
+
 Each step mirrors ``compressor/fqse/io_codec.py`` and ``TensorSpec`` op for
 op (multiply by 1/scale, round half to even), so the pipeline gives the
 same int16 samples as the runtimes on the core file; ``write_pipeline``
@@ -30,7 +34,8 @@ from compressor.fileio import atomic_path
 from exporters.io_processing import decode, encode
 from exporters.metadata import METADATA_KEY, DeployMetadata, TensorSpec
 
-PCM_IN, PCM_OUT = "pcm", "pcm_out"
+PCM_IN, PCM_OUT, WAV_IN = "pcm", "pcm_out", "wav"
+EXTENSIONS_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' custom ops
 PCM_SCALE = 32768.0
 _P = "pipeline_"  # prefix of every name this module adds to the graph
 
@@ -46,10 +51,12 @@ class _Builder:
         self.constants.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], output: str | None = None, **attrs) -> str:
+    def op(self, op_type: str, inputs: list[str], output: str | None = None, domain: str | None = None,
+           **attrs) -> str:
         self._count += 1
         output = output or f"{_P}{op_type.lower()}{self._count}"
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=f"{_P}{op_type}{self._count}", **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=f"{_P}{op_type}{self._count}",
+                                           domain=domain, **attrs))
         return output
 
     def quantize(self, x: str, spec: TensorSpec, output: str) -> str:
@@ -85,6 +92,44 @@ def _split(b: _Builder, x: str) -> str:
 
 def build_pipeline(core: onnx.ModelProto, metadata: DeployMetadata) -> onnx.ModelProto:
     """``core`` (an exported QDQ file) wrapped into int16 PCM in / int16 PCM out."""
+    b = _Builder()
+    x = b.op("Mul", [b.op("Cast", [PCM_IN], to=TensorProto.FLOAT), b.const(1.0 / PCM_SCALE)])
+    pcm_in = helper.make_tensor_value_info(PCM_IN, TensorProto.INT16, [1, metadata.chunk_samples])
+    return _wrap(core, metadata, b, x, pcm_in, None)
+
+
+def build_wav_pipeline(core: onnx.ModelProto, metadata: DeployMetadata) -> onnx.ModelProto:
+    """``core`` wrapped into encoded WAV bytes in / int16 PCM out, through onnxruntime-extensions' AudioDecoder.
+
+    The input is the bytes of one WAV file (``[1, bytes]`` uint8) of at most
+    one chunk; the decoder mixes it to mono and down-samples it to the
+    model's rate (it cannot up-sample: a WAV below the model's rate is an
+    error at run time). The samples are rounded to the int16 grid (exact
+    for 16-bit WAV at the model's rate), zero-padded to the chunk, and from
+    there the graph is the int16 pipeline's; the output is cut back to the
+    WAV's length, ``[sources, min(length, chunk)]``.
+    """
+    b = _Builder()
+    chunk = metadata.chunk_samples
+    decoded = b.op("AudioDecoder", [WAV_IN], domain=EXTENSIONS_DOMAIN, downsampling_rate=int(metadata.sample_rate),
+                   stereo_to_mono=1)
+    mono = b.op("Reshape", [decoded, b.const([1, -1], np.int64)])
+    length = b.op("Gather", [b.op("Shape", [mono]), b.const([1], np.int64)], axis=0)
+    short = b.op("Max", [b.op("Sub", [b.const([chunk], np.int64), length]), b.const([0], np.int64)])
+    pads = b.op("Concat", [b.const([0, 0, 0], np.int64), short], axis=0)
+    padded = b.op("Pad", [mono, pads])
+    window = b.op("Slice", [padded, b.const([0], np.int64), b.const([chunk], np.int64), b.const([1], np.int64)])
+    steps = b.op("Clip", [b.op("Round", [b.op("Mul", [window, b.const(PCM_SCALE)])]), b.const(-32768.0),
+                          b.const(32767.0)])
+    x = b.op("Mul", [steps, b.const(1.0 / PCM_SCALE)])
+    kept = b.op("Min", [length, b.const([chunk], np.int64)])
+    wav_in = helper.make_tensor_value_info(WAV_IN, TensorProto.UINT8, [1, None])
+    return _wrap(core, metadata, b, x, wav_in, kept)
+
+
+def _wrap(core: onnx.ModelProto, metadata: DeployMetadata, b: _Builder, x: str, graph_input: onnx.ValueInfoProto,
+          kept: str | None) -> onnx.ModelProto:
+    """The core graph between ``b``'s input nodes (float samples ``x``, (1, chunk)) and the int16 output."""
     if metadata.target != "onnx":
         raise ExportError("a pipeline is built around an exported .onnx file")
     if len(metadata.inputs) != 1 or (metadata.combiner and len(metadata.outputs) != 2):
@@ -95,8 +140,6 @@ def build_pipeline(core: onnx.ModelProto, metadata: DeployMetadata) -> onnx.Mode
         raise ExportError(f"pipeline: the model's input is {spec_in.layout}, not mono audio")
     model = copy.deepcopy(core)
     graph = model.graph
-    b = _Builder()
-    x = b.op("Mul", [b.op("Cast", [PCM_IN], to=TensorProto.FLOAT), b.const(1.0 / PCM_SCALE)])
     if metadata.splitter:
         x = _split(b, x)
     b.quantize(x, spec_in, graph.input[0].name)
@@ -109,6 +152,8 @@ def build_pipeline(core: onnx.ModelProto, metadata: DeployMetadata) -> onnx.Mode
     else:
         y = values[0]
     y = b.op("Reshape", [y, b.const([metadata.num_sources, metadata.chunk_samples], np.int64)])
+    if kept is not None:
+        y = b.op("Slice", [y, b.const([0], np.int64), kept, b.const([1], np.int64)])
     pcm = b.op("Clip", [b.op("Round", [b.op("Mul", [y, b.const(PCM_SCALE)])]), b.const(-32768.0), b.const(32767.0)])
     b.op("Cast", [pcm], PCM_OUT, to=TensorProto.INT16)
 
@@ -117,19 +162,55 @@ def build_pipeline(core: onnx.ModelProto, metadata: DeployMetadata) -> onnx.Mode
     graph.node.extend(nodes)
     graph.initializer.extend(b.constants)
     del graph.input[:]
-    graph.input.append(helper.make_tensor_value_info(PCM_IN, TensorProto.INT16, [1, metadata.chunk_samples]))
+    graph.input.append(graph_input)
+    out_shape = [metadata.num_sources, metadata.chunk_samples if kept is None else None]
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(PCM_OUT, TensorProto.INT16,
-                                                      [metadata.num_sources, metadata.chunk_samples]))
+    graph.output.append(helper.make_tensor_value_info(PCM_OUT, TensorProto.INT16, out_shape))
+    in_type = graph_input.type.tensor_type
     described = DeployMetadata.from_dict({**metadata.to_dict(), "model": {
-        **metadata.model, "pipeline": {"input": {"name": PCM_IN, "dtype": "int16", "shape": [1, metadata.chunk_samples]},
-                                       "output": {"name": PCM_OUT, "dtype": "int16",
-                                                  "shape": [metadata.num_sources, metadata.chunk_samples]}}}})
+        **metadata.model, "pipeline": {
+            "input": {"name": graph_input.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(in_type.elem_type).name,
+                      "shape": [d.dim_value or None for d in in_type.shape.dim]},
+            "output": {"name": PCM_OUT, "dtype": "int16", "shape": out_shape}}}})
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
             entry.value = described.to_json()
+    if any(node.domain == EXTENSIONS_DOMAIN for node in pre):
+        model.opset_import.append(helper.make_opsetid(EXTENSIONS_DOMAIN, 1))
+        # onnxruntime-extensions 0.15 loads custom-op graphs only up to IR version 10
+        model.ir_version = min(model.ir_version, 10)
     onnx.checker.check_model(model)
     return model
+
+
+def wav_session(model: onnx.ModelProto | str | Path):
+    """An onnxruntime session for a WAV-bytes pipeline (registers onnxruntime-extensions' custom ops)."""
+    import onnxruntime as ort
+
+    try:
+        from onnxruntime_extensions import get_library_path
+    except ImportError as exc:
+        raise ExportError("the WAV-bytes pipeline needs onnxruntime-extensions (pip install "
+                          "onnxruntime-extensions)") from exc
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.register_custom_ops_library(get_library_path())
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def wav_bytes(pcm16: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mono int16 samples as the bytes of a 16-bit PCM WAV file, ``[1, bytes]`` uint8 (the WAV pipeline's input)."""
+    import io
+    import wave
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(np.asarray(pcm16, "<i2").tobytes())
+    return np.frombuffer(buffer.getvalue(), np.uint8)[None]
 
 
 def to_pcm16(audio: np.ndarray) -> np.ndarray:
@@ -138,12 +219,14 @@ def to_pcm16(audio: np.ndarray) -> np.ndarray:
 
 
 def write_pipeline(core_path: str | Path, out: str | Path, chunks: Sequence[np.ndarray] | None = None,
-                   tolerance: int = 1, seed: int = 0) -> Path:
+                   tolerance: int = 1, seed: int = 0, wav: bool = False) -> Path:
     """Build the pipeline around the exported ``core_path``, check it against the core file, write it atomically.
 
     ``chunks``: audio (chunk_samples each) on which the pipeline's int16 output
     must equal the core file's output (run by ``exporters.sessions``, pre/post
     in numpy) within ``tolerance`` int16 steps; speech-level noise when None.
+    ``wav``: the WAV-bytes variant (``build_wav_pipeline``); it is also checked
+    on a clip shorter than a chunk.
     """
     import onnxruntime as ort
 
@@ -152,19 +235,32 @@ def write_pipeline(core_path: str | Path, out: str | Path, chunks: Sequence[np.n
     core = open_session(core_path)
     if core.metadata.target != "onnx":
         raise ExportError(f"{core_path}: a pipeline is built around an exported .onnx file, not {core.metadata.target}")
-    model = build_pipeline(onnx.load(str(core_path)), core.metadata)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    meta = core.metadata
+    if wav:
+        model = build_wav_pipeline(onnx.load(str(core_path)), meta)
+        session = wav_session(model)
+    else:
+        model = build_pipeline(onnx.load(str(core_path)), meta)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     if not chunks:
         rng = np.random.default_rng(seed)
-        chunks = [(rng.standard_normal(core.metadata.chunk_samples) * 0.1).astype(np.float32) for _ in range(2)]
+        chunks = [(rng.standard_normal(meta.chunk_samples) * 0.1).astype(np.float32) for _ in range(2)]
+    clips = [np.asarray(c, np.float32).reshape(-1)[: meta.chunk_samples] for c in chunks]
+    if wav:  # a clip shorter than the chunk: zero-padded in, cut back out
+        clips.append(clips[0][: meta.chunk_samples * 2 // 3])
     worst = 0
-    for audio in chunks:
-        pcm = to_pcm16(np.asarray(audio, np.float32).reshape(-1)[: core.metadata.chunk_samples])
-        got = session.run(None, {PCM_IN: pcm.reshape(1, -1)})[0]
-        audio = pcm.astype(np.float32) / np.float32(PCM_SCALE)
-        want = to_pcm16(decode(core.metadata, core.run_codes(encode(core.metadata, audio))))
+    for clip in clips:
+        pcm = to_pcm16(clip)
+        feed = {WAV_IN: wav_bytes(pcm, meta.sample_rate)} if wav else {PCM_IN: pcm.reshape(1, -1)}
+        got = session.run(None, feed)[0]
+        audio = np.zeros(meta.chunk_samples, np.float32)
+        audio[: pcm.size] = pcm.astype(np.float32) / np.float32(PCM_SCALE)
+        want = to_pcm16(decode(meta, core.run_codes(encode(meta, audio))))[..., : pcm.size]
+        if got.shape != want.shape:
+            raise ParityError(f"the pipeline around {core_path} returns {got.shape} samples for {want.shape}; "
+                              "nothing was written")
         worst = max(worst, int(np.abs(got.astype(np.int32) - want.astype(np.int32)).max()))
     if worst > tolerance:
         raise ParityError(f"the pipeline around {core_path} differs from the core file by {worst} int16 steps "
@@ -174,4 +270,5 @@ def write_pipeline(core_path: str | Path, out: str | Path, chunks: Sequence[np.n
     return Path(out)
 
 
-__all__ = ["PCM_IN", "PCM_OUT", "build_pipeline", "to_pcm16", "write_pipeline"]
+__all__ = ["PCM_IN", "PCM_OUT", "WAV_IN", "build_pipeline", "build_wav_pipeline", "to_pcm16", "wav_bytes",
+           "wav_session", "write_pipeline"]

@@ -35,6 +35,7 @@ class OnnxSession:
             options.inter_op_num_threads = 1
         if not integer_kernels:
             options.add_session_config_entry("session.disable_quant_qdq", "1")
+        _register_extensions(options)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
@@ -48,6 +49,15 @@ class OnnxSession:
 
     def run_codes(self, codes: np.ndarray) -> list[np.ndarray]:
         return list(self.session.run(None, {self._input: codes}))
+
+
+def _register_extensions(options) -> None:
+    """onnxruntime-extensions' custom ops (the WAV pipeline's AudioDecoder), where that package is installed."""
+    try:
+        from onnxruntime_extensions import get_library_path
+    except ImportError:
+        return
+    options.register_custom_ops_library(get_library_path())
 
 
 class LiteRTSession:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.pipeline_onnx import PCM_SCALE, to_pcm16
+from exporters.pipeline_onnx import PCM_SCALE, to_pcm16, wav_bytes
 from exporters.sessions import open_session
 from runtimes.base import Runtime
 
@@ -15,7 +15,8 @@ class FileRuntime(Runtime):
     ``xnnpack`` (.tflite: the XNNPACK delegate, default on).
 
     A pipeline ONNX (``compress export --pipeline``) takes and returns int16
-    PCM itself; ``run_codes`` then means int16 samples in and out.
+    PCM itself; ``run_codes`` then means int16 samples in and out. The WAV
+    variant (``--wav-pipeline``) is fed each chunk as the bytes of a WAV file.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, **options: object) -> None:
@@ -24,6 +25,7 @@ class FileRuntime(Runtime):
         self.name = self.session.name
         self.path = Path(path)
         self.pipeline = bool(self.metadata.model.get("pipeline"))
+        self.wav_in = self.pipeline and self.metadata.model["pipeline"]["input"]["dtype"] == "uint8"
 
     def run_codes(self, codes: np.ndarray) -> list[np.ndarray]:
         return self.session.run_codes(codes)
@@ -31,5 +33,6 @@ class FileRuntime(Runtime):
     def run_chunk(self, audio: np.ndarray) -> np.ndarray:
         if not self.pipeline:
             return super().run_chunk(audio)
-        pcm = self.run_codes(to_pcm16(audio).reshape(1, -1))[0]
+        pcm16 = to_pcm16(audio).reshape(1, -1)
+        pcm = self.run_codes(wav_bytes(pcm16, self.metadata.sample_rate) if self.wav_in else pcm16)[0]
         return (pcm.astype(np.float32) / np.float32(PCM_SCALE))[:, : audio.shape[-1]]

@@ -310,6 +310,32 @@ def test_pipeline_onnx_takes_and_returns_int16_pcm(exported, tmp_path):
     _check_pipeline(exported["onnx"].path, tmp_path / "tasnet.pipeline.onnx", _audio(1, seconds=0.37, seed=4)[0])
 
 
+def test_wav_pipeline_takes_wav_bytes(exported, tmp_path):
+    """The WAV-bytes variant computes what the int16 pipeline computes, for full and short clips and 48 kHz WAV."""
+    from exporters.pipeline_onnx import to_pcm16, wav_bytes, wav_session, write_pipeline
+
+    audio = _audio(1, seconds=CHUNK_SECONDS, seed=6)[0]
+    pcm_file = write_pipeline(exported["onnx"].path, tmp_path / "t.pipeline.onnx", [audio])
+    wav_file = write_pipeline(exported["onnx"].path, tmp_path / "t.wav.onnx", [audio], wav=True)
+    pcm_session, session = wav_session(pcm_file), wav_session(wav_file)
+    pcm = to_pcm16(audio)
+    full = session.run(None, {"wav": wav_bytes(pcm, 16000)})[0]
+    assert np.array_equal(full, pcm_session.run(None, {"pcm": pcm[None]})[0])
+    short = session.run(None, {"wav": wav_bytes(pcm[:1000], 16000)})[0]
+    padded = np.zeros_like(pcm)
+    padded[:1000] = pcm[:1000]
+    assert short.shape == (1, 1000)
+    assert np.array_equal(short, pcm_session.run(None, {"pcm": padded[None]})[0][:, :1000])
+    # a 48 kHz WAV is down-sampled inside the graph: a third of the samples come out
+    high = session.run(None, {"wav": wav_bytes(np.repeat(pcm[:900], 3), 48000)})[0]
+    assert high.shape == (1, 900)
+    # runtimes.load runs it like any file: any length, chunked
+    deployed, core = runtimes.load(wav_file), runtimes.load(exported["onnx"].path)
+    long = _audio(1, seconds=0.37, seed=7)[0]
+    got, want = to_pcm16(deployed.process(to_pcm16(long))), to_pcm16(core.process(to_pcm16(long)))
+    assert got.shape == want.shape and np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= 1
+
+
 def test_pipeline_refuses_a_tflite_core(exported, tmp_path):
     from exporters.pipeline_onnx import write_pipeline
 
