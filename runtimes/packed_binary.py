@@ -8,12 +8,43 @@ the same way, so for one output channel and one kernel tap
 
     sum_c b_c * w_c = sum_j coef_j * popcount(B & W_j),  coef = 1, 2, ..., 64, -128.
 
-Every other step is integer arithmetic as LiteRT's default (XNNPACK) int8
-kernels do it (int32 accumulators, float32 requantization rounded half to
-even), so the outputs equal the int8 file's. 2x2 max-pooling of a binary map is an OR
-of words. Convolutions run in blocks of output rows, so the int32
-accumulators stay small; ``last_memory`` reports the activation bytes held
-and the tracemalloc peak of one inference (numpy allocations are traced).
+The output codes equal the int8 .tflite file's on LiteRT's default CPU path
+(XNNPACK; every conv, the MEAN and the dense layers run there). Step by step,
+``rne`` meaning round to nearest, ties to even, and every scale product float32:
+
+* conv (conv1 on the int8 spectrogram, conv2..4 on the packed maps, whose
+  real values are 0/1: scale 1, zero-point -128): int32
+  ``acc = sum w * (x - zp_in) + bias``, ``y = rne(f32(acc) * m_c)`` with
+  ``m_c = f32(f32(s_in * s_w[c]) / s_out)``, XNNPACK's per-channel requantization
+  scale. The Heaviside bit is ``y >= 0``: the file's GREATER_EQUAL of the conv's
+  int8 code against 0 is ``code >= zp_out``, and clamping to [-128, 127] never
+  flips that sign.
+* 2x2 max pooling of a binary map: an OR of words.
+* global mean (MEAN over H, W of the NCHW map, n positions: XNNPACK's reduce
+  operator, not its global average pooling). XNNPACK sums the raw int8 codes,
+  ``acc = sum(code) = count + n * zp_in`` (count: the number of ones), and
+  subtracts the input zero-point in float, not in the integers:
+  ``q = rne(f32(f32(acc) * m) + b)``, clamped, with
+  ``m = f32(f32(s_in / s_out) * f32(1 / n))`` and ``b = f32(zp_out - f32(f32(n * zp_in) * m))``.
+  For the bam head (zp_in = -128, n = 56 * 15 = 840, s_out = f32(1/255))
+  ``acc * m`` is about -32640, where float32 keeps only 9 fractional bits, so
+  a mean within about 2^-10 of a .5 becomes an exact tie (rounded to even),
+  e.g. count = 420: 127.499992 -> 127.5 -> 128. Both details matter: the earlier form
+  ``rne(count * f32(1 / (s_out * n)) + zp_out)`` (the global-average-pooling
+  scale, 1 ulp lower, on the zero-point-free count) was 1 LSB off the file on
+  3 of 120 test clips.
+* dense: ``acc = W @ (q - zp_in) + bias``, ``rne(f32(acc) * m_c) + zp_out``
+  (``m_c`` as for the convs), clamped to [zp_out, 127] after a ReLU, else
+  [-128, 127].
+
+TFLite's builtin kernels (fixed-point multipliers) and onnxruntime (the QDQ
+file's ReduceMean runs in float: ``rne(f32(f32(count / n) / s_out)) + zp_out``) round
+some of those ties differently, so either can differ from this runtime by
+1 LSB on a clip that hits one.
+
+Convolutions run in blocks of output rows, so the int32 accumulators stay
+small; ``last_memory`` reports the activation bytes held and the tracemalloc
+peak of one inference (numpy allocations are traced).
 
 Built from a quantized checkpoint of the bam recipe (``from_quantized``):
 a DNSMOS-style stack conv -> Heaviside -> [maxpool] x 4, global mean, dense head.
@@ -28,6 +59,7 @@ import numpy as np
 from compressor.errors import RuntimeLoadError
 
 COEF = np.array([1, 2, 4, 8, 16, 32, 64, -128], np.int64)  # two's-complement bit-plane weights
+MAP_QPARAMS = (1.0, -128)  # the binary maps' grid in the int8 file: real value 0 or 1
 ROW_BLOCK = 1  # output rows per step: the int32 scratch stays one row of one layer
 
 
@@ -43,6 +75,26 @@ def requant_scale(s_in: float, s_w: np.ndarray, s_out: float) -> np.ndarray:
 def requantize(acc: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """round(acc * scale) in float32 (before the zero-point is added)."""
     return np.rint(acc.astype(np.float32) * scale).astype(np.int64)
+
+
+def mean_scale(s_in: float, s_out: float, n: int) -> np.float32:
+    """XNNPACK's mean scale: f32(s_in / s_out) times f32(1 / n), in float32."""
+    return np.float32(np.float32(s_in) / np.float32(s_out)) * (np.float32(1) / np.float32(n))
+
+
+def requantize_mean(sums: np.ndarray, n: int, in_qparams: tuple[float, int],
+                    out_qparams: tuple[float, int]) -> np.ndarray:
+    """int8 codes of the mean over n elements as XNNPACK's MEAN computes them.
+
+    ``sums``: per output the integer sum of (code - zp_in) (for a binary map, the number of
+    ones). XNNPACK accumulates the raw codes, sum + n * zp_in, converts that to float32, scales
+    it and adds the float32 bias zp_out - n * zp_in * scale, then rounds half to even.
+    """
+    (s_in, zp_in), (s_out, zp_out) = in_qparams, out_qparams
+    m = mean_scale(s_in, s_out, n)
+    acc = np.asarray(sums).astype(np.int64) + n * zp_in  # int32 in XNNPACK: |acc| <= 128 n
+    bias = np.float32(zp_out) - np.float32(np.float32(n * zp_in) * m)
+    return np.clip(np.rint(acc.astype(np.float32) * m + bias), -128, 127).astype(np.int64)
 
 
 def _col(v: np.ndarray, ndim: int) -> np.ndarray:
@@ -160,10 +212,8 @@ class PackedBinaryRuntime:
         return p[0::2, 0::2] | p[1::2, 0::2] | p[0::2, 1::2] | p[1::2, 1::2]
 
     def _mean(self, counts: np.ndarray, n: int) -> np.ndarray:
-        """Global mean of binary maps: per channel count / n, requantized (XNNPACK adds the zero-point in float)."""
-        s_m, zp_m = self.program.mean_qparams
-        scale = np.float32(1.0) / (np.float32(s_m) * np.float32(n))  # the maps' scale is 1
-        return np.clip(np.rint(counts.astype(np.float32) * scale + np.float32(zp_m)), -128, 127).astype(np.int64)
+        """Global mean of binary maps: per channel the number of ones over n positions, requantized."""
+        return requantize_mean(counts, n, MAP_QPARAMS, self.program.mean_qparams)
 
     def _dense(self, codes: np.ndarray, layer: IntLayer) -> np.ndarray:
         acc = layer.weight.astype(np.int64) @ (codes.astype(np.int64) - layer.in_qparams[1]) + layer.bias

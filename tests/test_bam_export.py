@@ -1,5 +1,5 @@
 """The int8 x int1 model exported: every op int8, parity with the simulation, 0/1 maps in both files,
-and the bit-packed runtime equal to the .tflite file. Slow: two conversions."""
+and the bit-packed runtime equal to the .tflite file. Slow: two conversions (not the MEAN test)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +19,7 @@ from compressor.recipes.base import RecipeContext
 from compressor.zoo.dnsmos_cnn import DnsmosCNN
 from exporters.sessions import open_session
 from runtimes.binary_maps import onnx_binary_maps, tflite_binary_maps
-from runtimes.packed_binary import from_quantized
+from runtimes.packed_binary import MAP_QPARAMS, from_quantized, requantize_mean
 from tests.test_bam import SMALL, _Features
 
 SMALL_MEL = MelConfig(n_mels=24, clip_seconds=0.76)  # 37 frames x 24 mels, the SMALL model's input
@@ -90,3 +90,59 @@ def test_compress_run_prints_the_predicted_score(exported, target, tmp_path):
     result = CliRunner().invoke(main, ["run", str(files[target]), str(wav)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "predicted quality" in result.output and "3 clip(s)" in result.output
+
+
+def _mean_tflite(shape: tuple[int, int, int, int], in_q: tuple[float, int], out_q: tuple[float, int]) -> bytes:
+    """A one-op int8 file: MEAN over the last two axes of an NCHW map (as the bam file's head has it)."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    def tensor(name, shape_, dtype, buffer=0, q=None):
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, list(shape_), dtype, buffer
+        if q is not None:
+            t.quantization = fb.QuantizationParametersT()
+            t.quantization.scale, t.quantization.zeroPoint = [float(q[0])], [int(q[1])]
+        return t
+
+    axes = fb.BufferT()
+    axes.data = list(np.array([2, 3], "<i4").tobytes())
+    sub = fb.SubGraphT()
+    sub.tensors = [tensor("map", shape, fb.TensorType.INT8, q=in_q), tensor("axes", [2], fb.TensorType.INT32, 1),
+                   tensor("mean", shape[:2], fb.TensorType.INT8, q=out_q)]
+    sub.inputs, sub.outputs = [0], [2]
+    op = fb.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0, 1], [2]
+    op.builtinOptionsType, op.builtinOptions = fb.BuiltinOptions.ReducerOptions, fb.ReducerOptionsT()
+    sub.operators = [op]
+    code = fb.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = fb.BuiltinOperator.MEAN, fb.BuiltinOperator.MEAN, 2
+    model = fb.ModelT()
+    model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, [code], [sub], [fb.BufferT(), axes]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+@pytest.mark.parametrize("hw, out_q", [((56, 15), (float(np.float32(1 / 255)), -128)),  # the bam head's MEAN
+                                       ((42, 16), (0.005077033303678036, -127)),
+                                       ((27, 27), (0.005828569643199444, -128)),
+                                       ((8, 8), (0.125, -13))])  # exact scale, odd zero-point: the tie rule
+def test_packed_mean_equals_xnnpack_mean_on_every_count(hw, out_q):
+    """Channel c of the map holds c ones, so every count 0..n is requantized once. XNNPACK sums the raw
+    codes (count - 128 n), scales that in float32 and adds the zero-points back as a float bias, so
+    means near a .5 land on exact ties (the bam head: 15 of its 841 counts): only the same float32
+    steps, rounded half to even, give the same codes."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    n = hw[0] * hw[1]
+    zp = MAP_QPARAMS[1]
+    bits = (np.arange(n)[None, :] < np.arange(n + 1)[:, None])  # (n + 1 channels, n positions)
+    codes = (bits.astype(np.int16) + zp).astype(np.int8).reshape(1, n + 1, *hw)
+    interp = Interpreter(model_content=_mean_tflite(codes.shape, MAP_QPARAMS, out_q), num_threads=1)
+    interp.allocate_tensors()
+    assert "DELEGATE" in {op["op_name"] for op in interp._get_ops_details()}  # XNNPACK runs the MEAN
+    interp.set_tensor(interp.get_input_details()[0]["index"], codes)
+    interp.invoke()
+    got = interp.get_tensor(interp.get_output_details()[0]["index"]).reshape(-1).astype(np.int64)
+    np.testing.assert_array_equal(requantize_mean(np.arange(n + 1), n, MAP_QPARAMS, out_q), got)
