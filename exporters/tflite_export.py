@@ -108,9 +108,106 @@ def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool 
             for index, tensor in enumerate(subgraph.tensors):
                 if index not in io_tensors:
                     tensor.name = None
-    builder = flatbuffers.Builder(len(flatbuffer) + 4096)
+    _drop_empty_buffers(model)
+    _share_identical_tables(model)
+    builder = _SharedVectorBuilder(len(flatbuffer) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+class _SharedVectorBuilder(flatbuffers.Builder):
+    """A builder that writes each distinct numeric vector once and points every user at it.
+
+    The converter gives every per-channel weight and bias tensor its own
+    int64 zero-point vector (all zeros) and every tensor its own shape
+    vector: ~80 KB of the 520 KB Conv-TasNet file. A flatbuffer may
+    reference one vector from many tables (a DAG, as shared strings are), so
+    identical vectors are stored once; the generated ``Pack`` code writes
+    every numpy-typed vector through ``CreateNumpyVector``.
+    """
+
+    def __init__(self, initial_size: int) -> None:
+        super().__init__(initial_size)
+        self._vectors: dict[tuple, int] = {}
+        self.shared_tables: dict[int, int] = {}  # id(table object) -> offset, for _share_identical_tables
+
+    def CreateNumpyVector(self, x):  # noqa: N802 (flatbuffers' name)
+        key = (x.dtype.str, x.shape, x.tobytes())
+        offset = self._vectors.get(key)
+        if offset is None:
+            offset = super().CreateNumpyVector(x)
+            self._vectors[key] = offset
+        return offset
+
+
+def _drop_empty_buffers(model) -> None:
+    """Point every tensor without data at buffer 0 (the schema's empty sentinel) and drop the other empty ones.
+
+    The converter gives each activation tensor a buffer table of its own
+    with no data (~550 of them for Conv-TasNet).
+    """
+    def empty(buffer) -> bool:
+        return (buffer.data is None or len(buffer.data) == 0) and not buffer.offset
+
+    if not model.buffers or not empty(model.buffers[0]):
+        return  # no sentinel to point at: leave the file as it is
+    metadata_buffers = {int(m.buffer) for m in (model.metadata or [])}
+    keep = sorted({0} | {i for i, b in enumerate(model.buffers) if not empty(b)} | metadata_buffers)
+    new_index = {old: new for new, old in enumerate(keep)}
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            tensor.buffer = new_index.get(int(tensor.buffer), 0)
+    for entry in model.metadata or []:
+        entry.buffer = new_index[int(entry.buffer)]
+    model.buffers = [model.buffers[i] for i in keep]
+
+
+def _share_identical_tables(model) -> None:
+    """Tensors with the same qparams, and ops with the same options, point at one table each.
+
+    A reshape keeps its input's qparams and most ADD/MUL/MEAN ops have the
+    same options, yet the converter writes a table for each (~8 KB of the
+    Conv-TasNet file). Only flat tables (numbers and numeric vectors) are shared.
+    """
+    shared_classes: dict[type, type] = {}
+
+    def shared_class(cls: type) -> type:
+        if cls not in shared_classes:
+            def pack(self, builder):
+                offset = builder.shared_tables.get(id(self))
+                if offset is None:
+                    offset = cls.Pack(self, builder)
+                    builder.shared_tables[id(self)] = offset
+                return offset
+            shared_classes[cls] = type(f"Shared{cls.__name__}", (cls,), {"Pack": pack})
+        return shared_classes[cls]
+
+    def content(table) -> tuple | None:
+        key: list = [type(table).__name__]
+        for name, value in sorted(vars(table).items()):
+            if isinstance(value, np.ndarray):
+                value = (value.dtype.str, value.shape, value.tobytes())
+            elif value is not None and not isinstance(value, (bool, int, float, str, bytes)):
+                return None  # a nested table: not shared
+            key.append((name, value))
+        return tuple(key)
+
+    canonical: dict[tuple, object] = {}
+
+    def share(table):
+        key = None if table is None else content(table)
+        if key is None:
+            return table
+        if key not in canonical:
+            table.__class__ = shared_class(type(table))
+            canonical[key] = table
+        return canonical[key]
+
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            tensor.quantization = share(tensor.quantization)
+        for op in subgraph.operators:
+            op.builtinOptions = share(op.builtinOptions)
 
 
 def _text(name: bytes | str | None) -> str:

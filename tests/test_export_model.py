@@ -68,6 +68,37 @@ def test_xnnpack_runs_every_conv_tasnet_op_but_the_norm_statistics(exported):
     assert coverage["partitions"] <= 1 + 2 * norms, coverage
 
 
+def test_tflite_file_stores_repeated_vectors_and_tables_once(exported):
+    """Zero-point and shape vectors, qparams and op options are written once and shared; same computation."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    data = exported["tflite"].path.read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    builder = flatbuffers.Builder(len(data))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    plain = bytes(builder.Output())  # the same model with every vector and table written per use
+    tensors = model.subgraphs[0].tensors
+    zero_points = sum(8 * len(t.quantization.zeroPoint) for t in tensors
+                      if t.quantization is not None and t.quantization.zeroPoint is not None)
+    assert len(data) < len(plain) - 0.9 * zero_points
+    # activations point at the empty sentinel buffer 0; no other buffer is empty but the metadata's
+    metadata_buffers = {m.buffer for m in model.metadata}
+    for i, buffer in enumerate(model.buffers):
+        assert i == 0 or i in metadata_buffers or (buffer.data is not None and len(buffer.data) > 0)
+    outputs = []
+    for content in (data, plain):
+        interp = Interpreter(model_content=content,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interp.allocate_tensors()
+        detail = interp.get_input_details()[0]
+        interp.set_tensor(detail["index"], np.random.default_rng(0).integers(-128, 128, detail["shape"], dtype=np.int8))
+        interp.invoke()
+        outputs.append(interp.get_tensor(interp.get_output_details()[0]["index"]))
+    assert np.array_equal(*outputs)
+
+
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
 def test_metadata_travels_inside_the_file(exported, target):
     rt = runtimes.load(exported[target].path)

@@ -16,8 +16,10 @@ def _pcm(shape, seed=0):
     return torch.from_numpy(from_int16(to_int16((torch.randn(shape, generator=gen) * 0.2).clamp(-1, 0.99).numpy())))
 
 
-def test_function_preserving_splitter_init_changes_no_output(tiny_tasnet):
-    core = FQSEConvTasNet(tiny_tasnet, FQSEModelConfig(splitter=True, rqb=False, splitter_init="preserve"))
+@pytest.mark.parametrize("split_encoder", ["two_convs", "one_conv"])
+def test_function_preserving_splitter_init_changes_no_output(tiny_tasnet, split_encoder):
+    core = FQSEConvTasNet(tiny_tasnet, FQSEModelConfig(splitter=True, rqb=False, splitter_init="preserve",
+                                                       split_encoder=split_encoder))
     pipeline = FQSEPipeline(core, IOConfig(input="split", output="8bit"))
     for length in (1000, 1003, 24):  # padded tails of every size
         x = _pcm((2, length), seed=length)
@@ -25,11 +27,16 @@ def test_function_preserving_splitter_init_changes_no_output(tiny_tasnet):
             assert torch.allclose(pipeline(x), tiny_tasnet(x), atol=1e-6, rtol=1e-5)
 
 
+def _low_byte_weight(core):
+    if core.config.split_encoder == "one_conv":
+        return core.split_encoder.weight.detach()[:, 1:2]
+    return core.split_encoder_lo.weight.detach()
+
+
 def test_paper_splitter_init_is_gaussian_and_changes_the_output(tiny_tasnet):
     core = FQSEConvTasNet(tiny_tasnet, FQSEModelConfig(splitter=True, rqb=False, splitter_init="paper"))
-    w = core.split_encoder.weight.detach()
-    assert torch.equal(w[:, 0:1], tiny_tasnet.encoder.weight.detach())
-    assert not torch.allclose(w[:, 1:2], tiny_tasnet.encoder.weight.detach() / 256)
+    assert torch.equal(core.split_encoder_hi.weight.detach(), tiny_tasnet.encoder.weight.detach())
+    assert not torch.allclose(_low_byte_weight(core), tiny_tasnet.encoder.weight.detach() / 256)
     x = _pcm((1, 1000))
     with torch.no_grad():
         assert not torch.allclose(FQSEPipeline(core, IOConfig(output="8bit"))(x), tiny_tasnet(x), atol=1e-4)
@@ -85,7 +92,23 @@ def test_switches_remove_each_part_from_the_quantized_graph(tiny_tasnet, tmp_pat
     convs = [t for t in _graph_ops(qmodel) if "conv" in t]
     base = [t for t in _graph_ops(_recipe(input_precision="8bit", output_precision="8bit")
                                  .prepare(_ctx(tiny_tasnet, tmp_path)).core) if "conv" in t]
-    assert len(convs) == len(base) + (2 if rqb else 0)
+    # the splitter's encoder is one conv per byte (two_convs) in place of the encoder; the RQB adds E~ and D~
+    assert len(convs) == len(base) + (1 if splitter else 0) + (2 if rqb else 0)
+
+
+@pytest.mark.parametrize("split_encoder, survives", [("two_convs", True), ("one_conv", False)])
+def test_low_byte_weights_survive_int8_only_with_their_own_scales(tiny_tasnet, tmp_path, split_encoder, survives):
+    """one_conv shares each output channel's step between the bytes, so W / 256 rounds to 0."""
+    qmodel = _recipe(split_encoder=split_encoder, output_precision="8bit").prepare(_ctx(tiny_tasnet, tmp_path)).core
+    name = "split_encoder_lo" if split_encoder == "two_convs" else "split_encoder"
+    (quantizer, weight), = [v for k, v in qmodel.weight_tensors().items() if name in k]
+    low = quantizer(weight.detach())
+    low = low if split_encoder == "two_convs" else low[:, 1:2]
+    assert bool((low != 0).any()) == survives
+    if survives:  # 8 bits of the low byte's weights are kept: each within half its channel's step of W / 256
+        expected = tiny_tasnet.encoder.weight.detach() / 256
+        half_step = quantizer.qparams().reshape(-1, 1, 1) / 2
+        assert bool(((low - expected).abs() <= half_step * (1 + 1e-5)).all())
 
 
 def test_snr_augmentation_switch(tiny_tasnet, tmp_path):

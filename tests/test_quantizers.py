@@ -94,6 +94,19 @@ def test_zero_point_is_integer_in_simulation():
     assert torch.equal(q(x), torch.fake_quantize_per_tensor_affine(x, scale, zp, -128, 127))
 
 
+@pytest.mark.parametrize("learned, deployed", [(-129.4, -128), (131.0, 127), (-3.4, -3)])
+def test_a_learned_zero_point_stays_in_the_int8_code_range(learned, deployed):
+    """QAT moved a gLN scalar's zero-point to -129, which no int8 file can hold: it is held at the range end."""
+    q = ActivationQuantizer()
+    with torch.no_grad():
+        q.scale.fill_(0.01)
+        q.zero_point.fill_(learned)
+    assert q.qparams() == (pytest.approx(0.01), deployed)
+    x = torch.linspace(-3, 3, 601)
+    expected = (torch.clamp(torch.round(x / 0.01) + deployed, -128, 127) - deployed) * 0.01
+    assert torch.allclose(q(x), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("op,scale,zp", [("sigmoid", 1 / 256, -128), ("softmax", 1 / 256, -128), ("tanh", 1 / 128, 0)])
 def test_fixed_qparams(op, scale, zp):
     q = FixedQParamsQuantizer(op, bits=8)

@@ -71,6 +71,9 @@ def _common(func):
 @click.option("--lr", type=float, help="Learning rate of the weights (default 3e-5).")
 @click.option("--quantizer-lr", type=float, help="Learning rate of each LSQ step size, relative to the step size (default 5e-3).")
 @click.option("--checkpoint-every", type=int, help="Steps between resumable state writes (default 50).")
+@click.option("--distill", type=click.FloatRange(0, 1), metavar="WEIGHT",
+              help="vanilla/fqse: weight of distillation from the float model (negative SI-SNR to its output "
+                   "on the same mixture) against the task loss; 0 = off (default).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the resumable training state goes (default: OUT without suffix + '.run').")
 @click.option("--resume", is_flag=True, help="Continue bit-for-bit from the state in --run-dir.")
@@ -85,6 +88,9 @@ def _common(func):
               help="fqse: model output as one int8 tensor, int8 plus the RQB's int8 residual (default), or 16-bit unquantized.")
 @click.option("--splitter-init", type=click.Choice(["preserve", "paper"]),
               help="fqse: second encoder channel keeps the float function (default) or is Gaussian (the paper's).")
+@click.option("--split-encoder", type=click.Choice(["two_convs", "one_conv"]),
+              help="fqse: the grown encoder as one conv per byte, each with its own weight scales (default), "
+                   "or one two-channel conv (the paper's; its low-byte weights round to 0 at int8).")
 @click.option("--rqb-init", type=click.Choice(["pinv", "fit", "paper"]),
               help="fqse: RQB encoder from the decoder's pseudo-inverse, that fitted on data, or the model's encoder (the paper's).")
 @click.option("--epochs", type=int, help="bam: training epochs from scratch (default 6).")
@@ -93,8 +99,8 @@ def _common(func):
 @handle_errors
 def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
             seed, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
-            run_dir, resume, no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-            splitter_init, rqb_init, epochs, beta, binary_weights):
+            distill, run_dir, resume, no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
+            splitter_init, split_encoder, rqb_init, epochs, beta, binary_weights):
     """Quantization-aware training of MODEL into a fully quantized model.
 
     Every weight and every activation, input and output included, is
@@ -105,16 +111,16 @@ def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, 
     setup_logging(verbose)
     set_threads(threads)
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, steps=steps, batch_size=batch_size,
-                   lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every,
+                   lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every, distill=distill,
                    epochs=epochs, beta=beta, binary_weights=binary_weights or None)
     options.update(_fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-                                 splitter_init, rqb_init))
+                                 splitter_init, rqb_init, split_encoder))
     _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
          segment_seconds, out, run_dir, resume, seed)
 
 
 def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-                  splitter_init, rqb_init) -> dict:
+                  splitter_init, rqb_init, split_encoder=None) -> dict:
     """The fqse switches as recipe options; None where not given (other recipes refuse set ones)."""
     if no_splitter and input_precision not in (None, "8bit"):
         raise RecipeError(f"--no-splitter contradicts --input-precision {input_precision}")
@@ -127,6 +133,7 @@ def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, o
         input_precision="8bit" if no_splitter else input_precision,
         output_precision="8bit" if no_rqb else output_precision,
         splitter_init=splitter_init,
+        split_encoder=split_encoder,
         rqb_init=rqb_init,
     )
 

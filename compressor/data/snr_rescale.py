@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from compressor.data.mixing import MAX_PEAK
+from compressor.data.wrapped import WrappedDataset
 from compressor.errors import DataError
 
 
@@ -43,19 +44,8 @@ def rescale_noise(mixture: np.ndarray, clean: np.ndarray, snr_db: float,
     return (y * gain).astype(np.float32), gain
 
 
-class _Rescaled(Dataset):
+class _Rescaled(WrappedDataset):
     """Wraps a dataset of ``{"mixture", "sources", "snr_db", ...}`` items."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-        self.sample_rate = getattr(base, "sample_rate", 16000)
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(epoch)
 
     def _snr(self, index: int) -> float:
         raise NotImplementedError

@@ -20,11 +20,16 @@ initialisations of channel 1 (the low byte):
 Measured on the demo (150 QAT steps): ``preserve`` 14.43 dB SI-SNR,
 ``paper`` -9.11 dB (its full-scale noise on the low byte swamps the signal
 and QAT does not recover in that time), so ``preserve`` is the default.
-A limit of either: int8 weights are per *output* channel, so both input
-channels share one step; W / 256 is below half of it (at most 127/256 of a
-code), so after weight quantization channel 1 is 0 at the start and the
-input is in effect the high byte alone (a fixed 1/128 grid, coarser than a
-calibrated 8-bit input quantizer on the demo mixtures).
+Two forms of the grown encoder (``split_encoder``):
+- ``one_conv`` (the paper's): one Conv1d with two input channels. int8
+  weights are per *output* channel, so both input channels share one step;
+  W / 256 is below half of it (at most 127/256 of a code), so with the
+  ``preserve`` init channel 1 quantizes to 0 and the model in effect sees
+  the high byte alone (a fixed 1/128 grid).
+- ``two_convs`` (default): one Conv1d per byte, summed. Each has its own
+  per-channel weight scales, so the low byte's W / 256 keeps all 8 bits and
+  the int8 graph sees the 16-bit input. The MACs are the same as
+  ``one_conv``'s; the int8 graph has one more conv output and an add.
 
 RQB (eq. 4) on the decoder D: ``Y~_i = Q(E~ Q(Y_o))``, ``U = Q(Y_i - Y~_i)``,
 ``eps = Q(D~ U)``; D~ starts as ``gain * D`` so that eps estimates ``gain``
@@ -55,6 +60,7 @@ from compressor.fqse.io_codec import DEFAULT_GAIN, INPUT_BITS
 from compressor.zoo.conv_tasnet import ConvTasNet
 
 SPLITTER_INITS = ("preserve", "paper")
+SPLIT_ENCODERS = ("two_convs", "one_conv")
 RQB_INITS = ("pinv", "fit", "paper")
 # Padding value of the low channel: the split of a zero sample is (0, -128) / 128.
 _LOW_PAD = -1.0
@@ -65,11 +71,14 @@ class FQSEModelConfig(JsonConfig):
     splitter: bool = True
     rqb: bool = True
     splitter_init: str = "preserve"
+    split_encoder: str = "two_convs"
     rqb_init: str = "pinv"
     gain: float = DEFAULT_GAIN
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.split_encoder not in SPLIT_ENCODERS:
+            raise ConfigError(f"split_encoder must be one of {SPLIT_ENCODERS}, got {self.split_encoder!r}")
         if self.splitter_init not in SPLITTER_INITS:
             raise ConfigError(f"splitter_init must be one of {SPLITTER_INITS}, got {self.splitter_init!r}")
         if self.rqb_init not in RQB_INITS:
@@ -91,8 +100,12 @@ class FQSEConvTasNet(nn.Module):
         self.hop = base.hop
         gen = torch.Generator().manual_seed(self.config.seed)
         if self.config.splitter:
-            self.split_encoder = nn.Conv1d(2, cfg.N, cfg.L, stride=self.hop, bias=True)
-            init_split_encoder(self.split_encoder, base.encoder.weight.detach(), self.config.splitter_init, gen)
+            encoder = nn.Conv1d(2, cfg.N, cfg.L, stride=self.hop, bias=True)
+            init_split_encoder(encoder, base.encoder.weight.detach(), self.config.splitter_init, gen)
+            if self.config.split_encoder == "one_conv":
+                self.split_encoder = encoder
+            else:
+                self.split_encoder_hi, self.split_encoder_lo = split_per_byte(encoder)
         if self.config.rqb:
             self.rqb_encoder = nn.Conv1d(1, cfg.N, cfg.L, stride=self.hop, bias=False)
             self.rqb_decoder = nn.ConvTranspose1d(cfg.N, 1, cfg.L, stride=self.hop, bias=False)
@@ -106,7 +119,10 @@ class FQSEConvTasNet(nn.Module):
         if self.config.splitter:
             hi = F.pad(x[:, 0:1], (0, padded - length))
             lo = F.pad(x[:, 1:2], (0, padded - length), value=_LOW_PAD)
-            w = base.encoder_act(self.split_encoder(torch.cat([hi, lo], dim=1)))
+            if self.config.split_encoder == "one_conv":
+                w = base.encoder_act(self.split_encoder(torch.cat([hi, lo], dim=1)))
+            else:
+                w = base.encoder_act(self.split_encoder_hi(hi) + self.split_encoder_lo(lo))
         else:
             w = base.encoder_act(base.encoder(F.pad(x, (0, padded - length)).unsqueeze(1)))
 
@@ -145,6 +161,17 @@ def init_split_encoder(conv: nn.Conv1d, weight: torch.Tensor, how: str, gen: tor
         conv.bias.zero_()
     else:
         raise ConfigError(f"splitter_init must be one of {SPLITTER_INITS}, got {how!r}")
+
+
+@torch.no_grad()
+def split_per_byte(encoder: nn.Conv1d) -> tuple[nn.Conv1d, nn.Conv1d]:
+    """A two-input-channel encoder as two one-channel convs (high byte with the bias, low byte without)."""
+    hi = nn.Conv1d(1, encoder.out_channels, encoder.kernel_size[0], stride=encoder.stride[0], bias=True)
+    lo = nn.Conv1d(1, encoder.out_channels, encoder.kernel_size[0], stride=encoder.stride[0], bias=False)
+    hi.weight.copy_(encoder.weight[:, 0:1])
+    hi.bias.copy_(encoder.bias)
+    lo.weight.copy_(encoder.weight[:, 1:2])
+    return hi, lo
 
 
 @torch.no_grad()
@@ -204,5 +231,5 @@ def fit_rqb_encoder(core: FQSEConvTasNet, inputs: Iterable[torch.Tensor], ridge:
     core.rqb_encoder.weight.copy_(weight.to(core.rqb_encoder.weight.dtype).unsqueeze(1))
 
 
-__all__ = ["FQSEConvTasNet", "FQSEModelConfig", "RQB_INITS", "SPLITTER_INITS", "decoder_right_inverse",
+__all__ = ["FQSEConvTasNet", "FQSEModelConfig", "RQB_INITS", "SPLITTER_INITS", "SPLIT_ENCODERS", "decoder_right_inverse",
            "fit_rqb_encoder"]

@@ -76,8 +76,12 @@ class ActivationQuantizer(_Quantizer):
         per_sample = x[0].numel() if x.dim() > 1 else x.numel()
         grad_scale = 1.0 / math.sqrt(max(per_sample, 1) * self.qmax)
         scale = self.scale.abs().clamp_min(1e-12)
-        out = fake_quantize(x, scale, self.zero_point, self.qmin, self.qmax, grad_scale)
+        out = fake_quantize(x, scale, self.deployed_zero_point(), self.qmin, self.qmax, grad_scale)
         return torch.maximum(out, scale) if self.positive else out
+
+    def deployed_zero_point(self) -> torch.Tensor:
+        """The learned zero-point held to the code range: an int8 file cannot hold -129 (seen after QAT)."""
+        return self.zero_point.clamp(self.qmin, self.qmax)
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
@@ -116,7 +120,7 @@ class ActivationQuantizer(_Quantizer):
 
     def qparams(self) -> tuple[float, int]:
         """The (scale, zero_point) the deployed int8 tensor uses."""
-        return float(self.scale.detach().abs()), int(torch.round(self.zero_point.detach()))
+        return float(self.scale.detach().abs()), int(torch.round(self.deployed_zero_point().detach()))
 
 
 class FixedQParamsQuantizer(_Quantizer):

@@ -22,10 +22,9 @@ from compressor.fqse import FQSEConvTasNet, FQSEModelConfig, FQSEPipeline, IOCon
 from compressor.fqse.io_codec import DEFAULT_GAIN
 from compressor.fqse.calibration import fit_rqb_scale
 from compressor.fqse.model import fit_rqb_encoder
-from compressor.losses import neg_si_snr_loss
 from compressor.quant import QuantizedModel, calibrate, quantize
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
-from compressor.recipes.vanilla import QATConfig, quantizer_param_groups
+from compressor.recipes.vanilla import QATConfig, qat_objective, quantizer_param_groups, teacher_copy
 from compressor.training import train
 from compressor.zoo import ConvTasNet
 
@@ -39,6 +38,7 @@ class FQSEConfig(QATConfig):
     output_precision: str = "rqb"  # 8bit | rqb | 16bit
     # "preserve" measured better than the paper's Gaussian init (14.43 vs -9.11 dB, fqse/model.py).
     splitter_init: str = "preserve"
+    split_encoder: str = "two_convs"  # one_conv: the paper's single two-channel conv (fqse/model.py)
     rqb_init: str = "pinv"
     gain: float = DEFAULT_GAIN
     # Scale the RQB's output by a least-squares factor after calibration (fqse/calibration.py).
@@ -56,7 +56,7 @@ class FQSEConfig(QATConfig):
     def model_config(self) -> FQSEModelConfig:
         io = self.io()
         return FQSEModelConfig(splitter=io.splitter, rqb=io.rqb, splitter_init=self.splitter_init,
-                               rqb_init=self.rqb_init, gain=self.gain, seed=self.seed)
+                               split_encoder=self.split_encoder, rqb_init=self.rqb_init, gain=self.gain, seed=self.seed)
 
 
 def build_core(float_model: nn.Module, config: FQSEConfig) -> FQSEConvTasNet:
@@ -106,18 +106,20 @@ class FQSE(Recipe):
 
     def run(self, ctx: RecipeContext, on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> QuantizedModel:
         cfg = self.config
+        teacher = teacher_copy(ctx.float_model, cfg)  # the splitter/RQB core shares the float model's modules
         pipeline = self.prepare(ctx)
         qmodel = pipeline.core
         train_set = ctx.train_set
         if cfg.snr_aug:
             train_set = SNRAugmented(train_set, (cfg.snr_low_db, cfg.snr_high_db), seed=cfg.seed)
+        train_set, loss_fn = qat_objective(teacher, train_set, cfg)
         groups = quantizer_param_groups(qmodel, cfg.quantizer_lr, cfg.zero_point_lr)
 
         def checkpoint(step: int, _: nn.Module) -> None:
             if on_checkpoint is not None:
                 on_checkpoint(step, qmodel)  # the core is what a checkpoint holds
 
-        train(pipeline, train_set, ctx.valid_set, neg_si_snr_loss, cfg.train_config(), ctx.out_dir,
+        train(pipeline, train_set, ctx.valid_set, loss_fn, cfg.train_config(), ctx.out_dir,
               resume=ctx.resume, param_groups=groups, on_checkpoint=checkpoint, progress=ctx.progress)
         return qmodel
 

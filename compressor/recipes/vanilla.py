@@ -2,15 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import copy
 from typing import Any, Callable
 
 from torch import nn
+from torch.utils.data import Dataset
 
 from compressor.configs import JsonConfig
+from compressor.errors import RecipeError
 from compressor.losses import neg_si_snr_loss
 from compressor.quant import QuantConfig, QuantizedModel, calibrate, quantize
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 from compressor.training import TrainConfig, train
+from compressor.training.distillation import TeacherTargets, distillation_loss
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class QATConfig(JsonConfig):
     validate_every: int = 100
     seed: int = 0
     lr_schedule: str = "cosine"
+    # Weight of the distillation term (SI-SNR to the float model's output, training/distillation.py); 0: off.
+    distill: float = 0.0
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
@@ -67,11 +73,27 @@ def quantizer_param_groups(qmodel: QuantizedModel, relative_lr: float, zero_poin
     return groups
 
 
+def qat_objective(teacher: nn.Module | None, train_set: Dataset, config: QATConfig) -> tuple[Dataset, Callable]:
+    """(training set, loss): negative SI-SNR, plus distillation from ``teacher`` when ``config.distill`` > 0."""
+    if config.distill <= 0:
+        return train_set, neg_si_snr_loss
+    if teacher is None:
+        raise RecipeError("distillation needs the float model as the teacher")
+    return TeacherTargets(train_set, teacher), distillation_loss(config.distill)
+
+
+def teacher_copy(float_model: nn.Module, config: QATConfig) -> nn.Module | None:
+    """A frozen copy of the float model, taken before quantization shares its parameters with QAT."""
+    return copy.deepcopy(float_model).eval() if config.distill > 0 else None
+
+
 def run_qat(qmodel: QuantizedModel, ctx: RecipeContext, config: QATConfig,
-            on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> QuantizedModel:
-    """Retrain all weights and LSQ step sizes/zero-points with negative SI-SNR."""
+            on_checkpoint: Callable[[int, nn.Module], None] | None = None,
+            teacher: nn.Module | None = None) -> QuantizedModel:
+    """Retrain all weights and LSQ step sizes/zero-points with negative SI-SNR (and distillation)."""
     groups = quantizer_param_groups(qmodel, config.quantizer_lr, config.zero_point_lr)
-    train(qmodel, ctx.train_set, ctx.valid_set, neg_si_snr_loss, config.train_config(), ctx.out_dir,
+    train_set, loss_fn = qat_objective(teacher, ctx.train_set, config)
+    train(qmodel, train_set, ctx.valid_set, loss_fn, config.train_config(), ctx.out_dir,
           resume=ctx.resume, param_groups=groups, on_checkpoint=on_checkpoint, progress=ctx.progress)
     return qmodel
 
@@ -83,8 +105,9 @@ class VanillaQAT(Recipe):
     Config = QATConfig
 
     def run(self, ctx: RecipeContext, on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
+        teacher = teacher_copy(ctx.float_model, self.config)
         qmodel = prepare_qat_model(ctx, self.config)
-        return run_qat(qmodel, ctx, self.config, on_checkpoint)
+        return run_qat(qmodel, ctx, self.config, on_checkpoint, teacher)
 
 
-__all__ = ["QATConfig", "VanillaQAT", "prepare_qat_model", "run_qat"]
+__all__ = ["QATConfig", "VanillaQAT", "prepare_qat_model", "qat_objective", "run_qat", "teacher_copy"]
