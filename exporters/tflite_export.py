@@ -84,12 +84,15 @@ def _constants_kept_alive():
 
 
 def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool = False) -> bytes:
-    """Add (or replace) the ``METADATA_KEY`` buffer of a .tflite flatbuffer; drop intermediate tensor names.
+    """Add (or replace) the ``METADATA_KEY`` buffer of a .tflite flatbuffer and write it compactly.
 
     The converter names every tensor after its module path, ~90 KB for
     Conv-TasNet (15% of the int8 file). The runtimes, the verifier and the
     signature find tensors by index and qparams, so only the graph inputs'
-    and outputs' names are kept unless ``keep_tensor_names``.
+    and outputs' names are kept unless ``keep_tensor_names``. Repeated
+    vectors and tables are written once (``_SharedVectorBuilder``,
+    ``_share_identical_tables``, ``_drop_empty_buffers``): the PTQ demo file
+    536 -> 429 KB, the same ops on the same bytes.
     """
     from ai_edge_litert import schema_py_generated as schema
 
