@@ -1,6 +1,6 @@
 """FQSE on the demo data: the paper's Table 1 and 2, the ablation, and the SNR sweep, from real runs.
 
-    python examples/fqse_tables.py --out runs/fqse_tables --steps 150 --groups main,init,ablation,io
+    python examples/fqse_tables.py --out runs/fqse_tables --steps 300 --groups main,init,ablation,io
 
 Every row comes from a QAT run of the shipped float checkpoint (or a given
 one) on the demo train split, evaluated on the demo test split (simulated
@@ -12,9 +12,8 @@ is chunked the same way). Each run's result is cached as OUT/<run>.json
 to OUT/sweep*.png/.json.
 Groups: main (float, vanilla, fqse + the sweeps), init (one two-channel
 conv vs one conv per byte), paper_init (the paper's Gaussian splitter
-init), ablation (no SNR
-augmentation, no splitter + RQB, no distillation), io (the four
-input/output precision rows of Table 2).
+init), ablation (no SNR augmentation, no splitter + RQB, no distillation),
+io (the four input/output precision rows of Table 2).
 """
 from __future__ import annotations
 
