@@ -120,7 +120,7 @@ def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, 
 
 
 def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-                  splitter_init, rqb_init, split_encoder=None) -> dict:
+                  splitter_init, rqb_init, split_encoder) -> dict:
     """The fqse switches as recipe options; None where not given (other recipes refuse set ones)."""
     if no_splitter and input_precision not in (None, "8bit"):
         raise RecipeError(f"--no-splitter contradicts --input-precision {input_precision}")

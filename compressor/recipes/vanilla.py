@@ -1,8 +1,8 @@
 """Vanilla QAT: LSQ quantizers initialised from min/max, then retraining."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 import copy
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -84,7 +84,7 @@ def qat_objective(teacher: nn.Module | None, train_set: Dataset, config: QATConf
 
 def teacher_copy(float_model: nn.Module, config: QATConfig) -> nn.Module | None:
     """A frozen copy of the float model, taken before quantization shares its parameters with QAT."""
-    return copy.deepcopy(float_model).eval() if config.distill > 0 else None
+    return copy.deepcopy(float_model) if config.distill > 0 else None  # TeacherTargets sets eval and freezes it
 
 
 def run_qat(qmodel: QuantizedModel, ctx: RecipeContext, config: QATConfig,
