@@ -22,6 +22,7 @@ import torch
 from compressor.errors import ExportError
 from exporters.lowering import LoweredModel
 from exporters.metadata import METADATA_KEY, DeployMetadata
+from exporters.tflite_layout import to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,13 @@ def _constants_kept_alive():
         alive.clear()
 
 
-def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool = False) -> bytes:
+def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool = False,
+           channels_last: bool = True) -> bytes:
     """Add (or replace) the ``METADATA_KEY`` buffer of a .tflite flatbuffer and write it compactly.
+
+    With ``channels_last`` the activations between convolutions stay NHWC
+    (``exporters.tflite_layout``): the converter's TRANSPOSE/RESHAPE pairs
+    around every conv become single RESHAPEs, the same integers come out.
 
     The converter names every tensor after its module path, ~90 KB for
     Conv-TasNet (15% of the int8 file). The runtimes, the verifier and the
@@ -105,6 +111,9 @@ def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool 
     entry.name = METADATA_KEY
     entry.buffer = len(model.buffers) - 1
     model.metadata.append(entry)
+    if channels_last:
+        counts = to_channels_last(model, schema)
+        log.info("channels-last layout: %d -> %d ops", counts["ops_before"], counts["ops_after"])
     if not keep_tensor_names:
         for subgraph in model.subgraphs:
             io_tensors = {int(i) for i in subgraph.inputs} | {int(i) for i in subgraph.outputs}

@@ -99,6 +99,47 @@ def test_tflite_file_stores_repeated_vectors_and_tables_once(exported):
     assert np.array_equal(*outputs)
 
 
+def test_channels_last_pass_removes_layout_transposes_and_computes_the_same(exported, tiny_qmodel):
+    """The converter's TRANSPOSE/RESHAPE pairs around every conv go; every output code stays the same on
+    XNNPACK and on the builtin kernels."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from exporters.lowering import lower
+    from exporters.tflite_export import convert, finish
+
+    raw = convert(lower(tiny_qmodel, int8_io=False), torch.zeros(1, 1600))
+    metadata = exported["tflite"].metadata
+    files = {flag: finish(raw, metadata, channels_last=flag) for flag in (False, True)}
+
+    def op_counts(content):
+        model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+        names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        ops = [names[model.operatorCodes[o.opcodeIndex].builtinCode] for o in model.subgraphs[0].operators]
+        return {name: ops.count(name) for name in set(ops)}
+
+    before, after = op_counts(files[False]), op_counts(files[True])
+    convs = before["CONV_2D"] + before.get("DEPTHWISE_CONV_2D", 0)
+    # left: the encoder output (it meets the 4-D mask product) and the decoder's polyphase interleave
+    assert before["TRANSPOSE"] >= 2 * convs - 2 and after.get("TRANSPOSE", 0) <= before["TRANSPOSE"] // 3, (before, after)
+    assert sum(after.values()) < sum(before.values()) - convs
+    assert len(files[True]) < len(files[False])
+    codes = np.random.default_rng(1).integers(-100, 100, (4, 1, 1600), dtype=np.int8)
+    for resolver in (OpResolverType.AUTO, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES):
+        outputs = []
+        for content in (files[False], files[True]):
+            interp = Interpreter(model_content=content, experimental_op_resolver_type=resolver)
+            interp.allocate_tensors()
+            detail = interp.get_input_details()[0]
+            got = []
+            for c in codes:
+                interp.set_tensor(detail["index"], c.reshape(detail["shape"]))
+                interp.invoke()
+                got.append(interp.get_tensor(interp.get_output_details()[0]["index"]).copy())
+            outputs.append(np.stack(got))
+        assert np.array_equal(*outputs), resolver
+
+
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
 def test_metadata_travels_inside_the_file(exported, target):
     rt = runtimes.load(exported[target].path)

@@ -111,6 +111,54 @@ def test_low_byte_weights_survive_int8_only_with_their_own_scales(tiny_tasnet, t
         assert bool(((low - expected).abs() <= half_step * (1 + 1e-5)).all())
 
 
+def test_high_byte_range_stops_at_the_low_bytes_largest_output(tiny_tasnet, tmp_path):
+    """Below -max(low byte) the encoder's ReLU outputs 0 anyway: the range ends there, its step shrinks,
+    and the encoder output (after the ReLU) is closer to float."""
+    from torch import fx
+
+    from compressor.fqse.calibration import tighten_split_encoder_range
+
+    ctx = _ctx(tiny_tasnet, tmp_path)
+    loose = _recipe(tight_split_range=False).prepare(ctx).core
+    tight_recipe = _recipe()
+    tight = tight_recipe.prepare(ctx).core
+    assert tight_recipe.split_range is not None
+    relu = next(n for n in tight.graph_module.graph.nodes if n.op == "call_function"
+                and n.target == torch.ops.aten.relu.default)
+
+    def encoder_output(qmodel, x, mode):
+        qmodel.set_mode(mode)
+        seen = {}
+
+        class Recorder(fx.Interpreter):
+            def run_node(self, n):
+                out = super().run_node(n)
+                if n.name == relu.name:
+                    seen["relu"] = out
+                return out
+
+        with torch.no_grad():
+            Recorder(qmodel.graph_module).run(x)
+        qmodel.set_mode("quantize")
+        return seen["relu"]
+
+    speech = torch.stack([ctx.train_set[i]["mixture"] for i in range(4)])  # what calibration saw
+    x = FQSEPipeline(tight, IOConfig()).core_input(speech)
+    reference = encoder_output(tight, x, "float")
+    errors = {name: float((encoder_output(q, x, "quantize") - reference).pow(2).mean())
+              for name, q in (("loose", loose), ("tight", tight))}
+    assert errors["tight"] < errors["loose"], errors
+    quantizers = tight.quantizers()
+    (hi_name,) = [n.target for n in tight.graph_module.graph.nodes if n.op == "call_module"
+                  and any(a.op == "call_function" and a.target == torch.ops.aten.conv1d.default
+                          and "split_encoder_hi" in str(a.args[1].args[0].target) for a in n.args)]
+    low_end, _ = tight_recipe.split_range
+    lo_q = next(q for k, q in quantizers.items() if k != hi_name.split(".", 1)[1] and k.startswith("act_conv1d"))
+    scale, zero = lo_q.qparams()
+    assert low_end <= -scale * (lo_q.qmax - zero) < 0
+    assert tighten_split_encoder_range(_recipe(input_precision="8bit").prepare(ctx).core) is None
+
+
 def test_snr_augmentation_switch(tiny_tasnet, tmp_path):
     assert FQSEConfig().snr_aug and FQSEConfig().snr_low_db == -6.0 and FQSEConfig().snr_high_db == 18.0
     assert not _recipe(snr_aug=False).config.snr_aug

@@ -1,4 +1,16 @@
-"""Calibration step of the RQB: how much of its estimated residual to add at the start of QAT.
+"""FQSE's calibration steps after min/max calibration: the split encoder's range and the RQB's scale.
+
+**Split encoder range** (``tighten_split_encoder_range``). With one conv per
+byte the high byte's conv output h is quantized on its own, before the low
+byte's contribution l is added and the encoder's ReLU follows. Wherever
+h < -max(l), h + l < 0 and the ReLU outputs 0 whatever h is, so h's range
+can stop at -max(l) instead of reaching its min/max low end: in float the
+model computes exactly the same, and h's step shrinks (measured on the
+300-step demo FQSE model without retraining: +0.25 dB SI-SNR at 18 dB input
+SNR, +0.05 dB on the test split; the high-byte conv output was the single
+most costly quantizer at high SNR, +0.37 dB when left float).
+
+**RQB scale**: how much of its estimated residual to add at the start of QAT.
 
 Measured on the demo (20 test clips, before QAT): right after min/max calibration
 the RQB's own int8 noise (U's grid, spread by D~) is larger than the output
@@ -24,6 +36,50 @@ from compressor.errors import ConfigError
 from compressor.fqse.io_codec import combine
 from compressor.fqse.io_config import IOConfig, io_quantizers
 from compressor.quant import QuantizedModel
+from compressor.quant.graph import QUANTIZER_ROOT
+
+aten = torch.ops.aten
+
+
+@torch.no_grad()
+def tighten_split_encoder_range(qmodel: QuantizedModel) -> tuple[float, float] | None:
+    """Clip the high-byte encoder conv's output range at minus the low byte's largest output.
+
+    Returns the new (low, high) range, or None when the graph has no
+    per-byte split encoder feeding a ReLU (then nothing is changed).
+    """
+    gm = qmodel.graph_module
+    outputs: dict[str, torch.fx.Node] = {}  # "hi"/"lo" -> the output quantizer node of that byte's conv
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target != aten.conv1d.default:
+            continue
+        weight = node.args[1]
+        source = weight.args[0] if weight.op == "call_module" else weight
+        users = list(node.users)
+        for byte in ("hi", "lo"):
+            if source.op == "get_attr" and str(source.target).startswith(f"split_encoder_{byte}.") and len(users) == 1:
+                outputs[byte] = users[0]
+    if set(outputs) != {"hi", "lo"}:
+        return None
+    hi_node, lo_node = outputs["hi"], outputs["lo"]
+    total = [u for u in hi_node.users if u in lo_node.users]
+    # exact only when the ReLU (or the quantizer it absorbed) follows the sum directly
+    relu = [u for t in total for u in t.users] + [u for t in total for q in t.users for u in q.users]
+    if not total or not any(u.op == "call_function" and u.target == aten.relu.default for u in relu):
+        return None
+    quantizers = qmodel.quantizers()
+    hi_q, lo_q = (quantizers[str(n.target)[len(QUANTIZER_ROOT) + 1:]] for n in (hi_node, lo_node))
+    lo_scale, lo_zero = lo_q.qparams()
+    hi_scale, hi_zero = hi_q.qparams()
+    largest_low = max(lo_scale * (lo_q.qmax - lo_zero), 0.0)
+    top = hi_scale * (hi_q.qmax - hi_zero)
+    if top <= 0 or largest_low >= -hi_scale * (hi_q.qmin - hi_zero):
+        return None  # the low end is already inside: nothing to gain
+    # one extra step below, so that rounding the zero-point cannot lift the grid's lowest value above -max(l)
+    low = -largest_low - (top + largest_low) / (hi_q.qmax - hi_q.qmin)
+    hi_q.set_range(low, top)
+    scale, zero = hi_q.qparams()
+    return scale * (hi_q.qmin - zero), scale * (hi_q.qmax - zero)
 
 
 @torch.no_grad()
@@ -56,4 +112,4 @@ def fit_rqb_scale(qmodel: QuantizedModel, io: IOConfig, core_inputs: Iterable[to
     return factor
 
 
-__all__ = ["fit_rqb_scale"]
+__all__ = ["fit_rqb_scale", "tighten_split_encoder_range"]

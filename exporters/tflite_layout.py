@@ -1,0 +1,383 @@
+"""Channels-last activations between the convolutions of a converted .tflite graph.
+
+litert-torch runs each Conv1d as an NHWC CONV_2D and brings the result back
+to PyTorch's channels-first layout straight away:
+
+    conv -> TRANSPOSE -> RESHAPE [N, C, T] -> norms, PReLU, adds ... -> RESHAPE -> TRANSPOSE -> conv
+
+Its own layout pass removes those pairs only in 4-D graphs. In Conv-TasNet
+they are ~190 of ~570 ops (~15 KB of the int8 file) and two copies of every
+activation per convolution. ``to_channels_last`` stores each 3-D activation
+that lives only between such boundaries as [N, T, C] instead: the boundary
+pairs become single RESHAPEs, which move no data, and the ops in between get
+their constants, axes and paddings permuted to match. Integer results are
+unchanged (each op computes the same values; only their order in memory
+differs), which the export tests check bit for bit.
+
+A group of tensors is rewritten only when every op touching it is one this
+pass understands; anything else (graph inputs and outputs, a reshape that
+changes more than the layout, an op with axis semantics not listed here)
+leaves that group as the converter wrote it.
+"""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+# ops with numpy broadcasting and no axis argument
+_ELEMENTWISE = {
+    "ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "LEAKY_RELU", "PRELU", "RELU",
+    "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LOGISTIC", "TANH", "RSQRT", "SQRT", "ABS", "NEG", "EXP", "LOG",
+    "HARD_SWISH", "QUANTIZE", "SELECT", "SELECT_V2", "GREATER", "GREATER_EQUAL", "LESS", "LESS_EQUAL",
+    "EQUAL", "NOT_EQUAL", "SQUARE", "POW",
+}
+_REDUCERS = {"MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"}
+_PADS = {"PAD", "PADV2"}
+_SWAP_AXIS = {0: 0, 1: 2, 2: 1}  # [N, C, T] axis -> [N, T, C] axis
+_TO_CHANNELS_FIRST = [0, 3, 1, 2]  # NHWC -> NCHW
+_TO_CHANNELS_LAST = [0, 2, 3, 1]
+
+
+def to_channels_last(model: Any, schema: Any) -> dict[str, int]:
+    """Rewrite ``model`` (a ``ModelT``) in place; returns how many ops and tensors it removed."""
+    counts = {"ops_before": 0, "ops_after": 0}
+    for subgraph in model.subgraphs:
+        counts["ops_before"] += len(subgraph.operators)
+        _Rewriter(model, subgraph, schema).run()
+        counts["ops_after"] += len(subgraph.operators)
+    _drop_unused_buffers(model)
+    return counts
+
+
+class _Rewriter:
+    def __init__(self, model: Any, subgraph: Any, schema: Any) -> None:
+        self.model, self.sg, self.schema = model, subgraph, schema
+        codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        self.op_names = [codes.get(max(int(c.builtinCode), int(c.deprecatedBuiltinCode)), "?")
+                         for c in model.operatorCodes]
+        self.dead: set[int] = set()
+        self._made: dict[tuple, int] = {}  # one new tensor per distinct replacement, shared by its users
+
+    # -- graph queries -----------------------------------------------------
+    def name(self, op: Any) -> str:
+        return self.op_names[op.opcodeIndex]
+
+    def shape(self, t: int) -> list[int]:
+        return [int(d) for d in self.sg.tensors[t].shape] if self.sg.tensors[t].shape is not None else []
+
+    def is_constant(self, t: int) -> bool:
+        data = self.model.buffers[self.sg.tensors[t].buffer].data
+        return data is not None and len(data) > 0
+
+    def constant(self, t: int) -> np.ndarray:
+        tensor = self.sg.tensors[t]
+        raw = np.asarray(self.model.buffers[tensor.buffer].data, dtype=np.uint8).tobytes()
+        return np.frombuffer(raw, dtype=_dtype(tensor.type, self.schema)).reshape(self.shape(t) or [-1])
+
+    def index(self) -> tuple[dict[int, int], dict[int, list[int]]]:
+        producer, consumers = {}, defaultdict(list)
+        for i, op in enumerate(self.sg.operators):
+            if i in self.dead:
+                continue
+            for t in op.outputs:
+                producer[int(t)] = i
+            for t in op.inputs:
+                if t >= 0:
+                    consumers[int(t)].append(i)
+        return producer, consumers
+
+    def perm(self, op: Any) -> list[int] | None:
+        if len(op.inputs) < 2 or not self.is_constant(int(op.inputs[1])):
+            return None
+        return [int(p) for p in self.constant(int(op.inputs[1])).reshape(-1)]
+
+    # -- the pass ----------------------------------------------------------
+    def run(self) -> None:
+        self.cancel_transpose_pairs()
+        self.remove_dead_ops()
+        groups, boundaries = self.groups()
+        for members in groups:
+            self.rewrite(members, boundaries)
+        self.remove_dead_ops()
+        self.drop_unused_tensors()
+
+    def cancel_transpose_pairs(self) -> None:
+        """TRANSPOSE(TRANSPOSE(x)) that composes to the identity reads x instead."""
+        producer, _ = self.index()
+        graph_io = self.graph_io()
+        for i, op in enumerate(self.sg.operators):
+            if self.name(op) != "TRANSPOSE" or int(op.outputs[0]) in graph_io:
+                continue
+            first = producer.get(int(op.inputs[0]))
+            if first is None or self.name(self.sg.operators[first]) != "TRANSPOSE":
+                continue
+            p1, p2 = self.perm(self.sg.operators[first]), self.perm(op)
+            if p1 is None or p2 is None or [p1[k] for k in p2] != list(range(len(p1))):
+                continue
+            self.replace_uses(int(op.outputs[0]), int(self.sg.operators[first].inputs[0]))
+            self.dead.add(i)
+
+    def graph_io(self) -> set[int]:
+        io = {int(t) for t in self.sg.inputs} | {int(t) for t in self.sg.outputs}
+        for signature in self.model.signatureDefs or []:
+            io |= {int(m.tensorIndex) for m in (signature.inputs or []) + (signature.outputs or [])}
+        return io
+
+    def replace_uses(self, old: int, new: int) -> None:
+        for op in self.sg.operators:
+            op.inputs = np.asarray([new if int(t) == old else int(t) for t in op.inputs], dtype=np.int32)
+
+    def groups(self) -> tuple[list[list[int]], dict[int, tuple[str, int]]]:
+        """Sets of 3-D activations that can change layout together, and the boundary RESHAPEs."""
+        producer, consumers = self.index()
+        graph_io = self.graph_io()
+        parent: dict[int, int] = {}
+
+        def find(t: int) -> int:
+            while parent.setdefault(t, t) != t:
+                parent[t] = parent[parent[t]]
+                t = parent[t]
+            return t
+
+        def union(a: int, b: int) -> None:
+            parent[find(a)] = find(b)
+
+        bad: set[int] = set()
+        boundaries: dict[int, tuple[str, int]] = {}  # op index -> ("out"|"in", transpose op index)
+        activations = {t for t in range(len(self.sg.tensors)) if len(self.shape(t)) == 3 and not self.is_constant(t)}
+        for i, op in enumerate(self.sg.operators):
+            if i in self.dead:
+                continue
+            name = self.name(op)
+            touched = [int(t) for t in list(op.inputs) + list(op.outputs) if t >= 0 and int(t) in activations]
+            if not touched:
+                continue
+            if name == "RESHAPE":
+                kind = self.boundary(i, producer, consumers, activations)
+                if kind is None:
+                    bad.update(touched)
+                else:
+                    boundaries[i] = kind
+                continue
+            if not self.understood(op, name, activations):
+                bad.update(touched)
+                continue
+            for t in touched[1:]:
+                union(touched[0], t)
+            find(touched[0])
+        bad |= activations & graph_io
+        bad_roots = {find(t) for t in bad if t in parent} | {t for t in bad if t not in parent}
+        members: dict[int, list[int]] = defaultdict(list)
+        for t in activations:
+            root = find(t)
+            if root not in bad_roots and t not in bad:
+                members[root].append(t)
+        # a group is worth rewriting only if a boundary touches it
+        touched_by_boundary = set()
+        for i in boundaries:
+            op = self.sg.operators[i]
+            touched_by_boundary |= {int(t) for t in list(op.inputs) + list(op.outputs) if t >= 0}
+        return [sorted(m) for m in members.values() if touched_by_boundary & set(m)], boundaries
+
+    def understood(self, op: Any, name: str, activations: set[int]) -> bool:
+        ins = [int(t) for t in op.inputs if t >= 0]
+        if name in _ELEMENTWISE:
+            for t in ins:
+                if t in activations:
+                    continue
+                if self.is_constant(t) and (len(self.shape(t)) == 3 or int(np.prod(self.shape(t) or [1])) == 1):
+                    continue
+                return False
+            return all(int(t) in activations for t in op.outputs)
+        data_and_out = [ins[0], int(op.outputs[0])]
+        if not all(t in activations for t in data_and_out) or len(op.outputs) != 1:
+            return False
+        params = ins[1:]
+        if name in _REDUCERS:
+            return len(params) == 1 and self.is_constant(params[0]) and bool(getattr(op.builtinOptions, "keepDims", False))
+        if name in _PADS:
+            return self.is_constant(params[0]) and all(t in activations or self.is_constant(t) for t in params)
+        if name == "SLICE":
+            return len(params) == 2 and all(self.is_constant(t) for t in params)
+        if name == "CONCATENATION":
+            return all(t in activations for t in ins)
+        return False
+
+    def boundary(self, i: int, producer: dict[int, int], consumers: dict[int, list[int]],
+                 activations: set[int]) -> tuple[str, int] | None:
+        """("out", t): NHWC conv result -> TRANSPOSE t -> this RESHAPE to [N, C, T];
+        ("in", t): [N, C, T] -> this RESHAPE to [N, C, 1, T] -> TRANSPOSE t (its only user) to NHWC."""
+        op = self.sg.operators[i]
+        src, dst = int(op.inputs[0]), int(op.outputs[0])
+        if dst in activations and src not in activations:
+            t = producer.get(src)
+            n, c, w = self.shape(dst)
+            if (t is not None and self.name(self.sg.operators[t]) == "TRANSPOSE"
+                    and self.perm(self.sg.operators[t]) == _TO_CHANNELS_FIRST and self.shape(src) == [n, c, 1, w]):
+                return ("out", t)
+            return None
+        if src in activations and dst not in activations:
+            users = consumers.get(dst, [])
+            n, c, w = self.shape(src)
+            if (len(users) == 1 and self.name(self.sg.operators[users[0]]) == "TRANSPOSE"
+                    and self.perm(self.sg.operators[users[0]]) == _TO_CHANNELS_LAST
+                    and self.shape(dst) == [n, c, 1, w] and dst not in self.graph_io()):
+                return ("in", users[0])
+        return None
+
+    def rewrite(self, members: list[int], boundaries: dict[int, tuple[str, int]]) -> None:
+        group = set(members)
+        for t in members:
+            tensor = self.sg.tensors[t]
+            tensor.shape = _swap_last(tensor.shape)
+            if tensor.shapeSignature is not None and len(tensor.shapeSignature) == 3:
+                tensor.shapeSignature = _swap_last(tensor.shapeSignature)
+        for i, op in enumerate(self.sg.operators):
+            if i in self.dead:
+                continue
+            touched = {int(t) for t in list(op.inputs) + list(op.outputs) if t >= 0}
+            if not touched & group:
+                continue
+            name = self.name(op)
+            if i in boundaries:
+                self.rewrite_boundary(op, *boundaries[i])
+            elif name in _ELEMENTWISE:
+                op.inputs = np.asarray([self.swapped_constant(int(t)) if t >= 0 and self.is_constant(int(t))
+                                        and len(self.shape(int(t))) == 3 else int(t) for t in op.inputs], dtype=np.int32)
+            elif name in _REDUCERS:
+                axes = sorted(_SWAP_AXIS[int(a) % 3] for a in self.constant(int(op.inputs[1])).reshape(-1))
+                op.inputs[1] = self.new_constant(int(op.inputs[1]), np.asarray(axes, dtype=np.int32))
+            elif name in _PADS:
+                pads = self.constant(int(op.inputs[1])).reshape(3, 2)[[0, 2, 1]]
+                op.inputs[1] = self.new_constant(int(op.inputs[1]), np.ascontiguousarray(pads))
+            elif name == "SLICE":
+                for k in (1, 2):
+                    values = self.constant(int(op.inputs[k])).reshape(-1)[[0, 2, 1]]
+                    op.inputs[k] = self.new_constant(int(op.inputs[k]), np.ascontiguousarray(values))
+            elif name == "CONCATENATION":
+                op.builtinOptions = copy.copy(op.builtinOptions)
+                op.builtinOptions.axis = _SWAP_AXIS[int(op.builtinOptions.axis) % 3]
+
+    def rewrite_boundary(self, op: Any, kind: str, transpose: int) -> None:
+        t_op = self.sg.operators[transpose]
+        if kind == "out":  # read the NHWC conv result directly: [N, 1, T, C] is [N, T, C] in memory
+            op.inputs[0] = int(t_op.inputs[0])
+            target = int(op.outputs[0])
+        else:  # write the NHWC conv input directly and drop the TRANSPOSE
+            op.outputs[0] = int(t_op.outputs[0])
+            target = int(t_op.outputs[0])
+            self.dead.add(transpose)
+        new_shape = np.asarray(self.shape(target), dtype=np.int32)
+        if len(op.inputs) > 1 and op.inputs[1] >= 0:
+            op.inputs[1] = self.new_constant(int(op.inputs[1]), new_shape)
+        if op.builtinOptions is not None and getattr(op.builtinOptions, "newShape", None) is not None:
+            op.builtinOptions = copy.copy(op.builtinOptions)
+            op.builtinOptions.newShape = new_shape
+
+    def swapped_constant(self, t: int) -> int:
+        """A constant operand [a, b, c] as [a, c, b] (data transposed; no copy when b or c is 1)."""
+        shape = self.shape(t)
+        if shape[1] == shape[2]:
+            return t
+        key = ("swapped", t)
+        if key not in self._made:
+            if shape[1] == 1 or shape[2] == 1:
+                self._made[key] = self.clone_tensor(t, _swap_last(self.sg.tensors[t].shape), self.sg.tensors[t].buffer)
+            else:
+                data = np.ascontiguousarray(np.swapaxes(self.constant(t), 1, 2))
+                self._made[key] = self.clone_tensor(t, _swap_last(self.sg.tensors[t].shape), self.new_buffer(data))
+        return self._made[key]
+
+    def new_constant(self, t: int, values: np.ndarray) -> int:
+        """A constant like ``t`` holding ``values`` (``t`` itself when it already does)."""
+        values = np.ascontiguousarray(values.astype(_dtype(self.sg.tensors[t].type, self.schema)))
+        if self.shape(t) == list(values.shape) and np.array_equal(self.constant(t), values):
+            return t
+        key = ("constant", self.sg.tensors[t].type, values.shape, values.tobytes())
+        if key not in self._made:
+            self._made[key] = self.clone_tensor(t, np.asarray(values.shape, dtype=np.int32), self.new_buffer(values))
+        return self._made[key]
+
+    def clone_tensor(self, t: int, shape: Any, buffer: int) -> int:
+        tensor = copy.copy(self.sg.tensors[t])
+        tensor.shape = np.asarray(shape, dtype=np.int32)
+        tensor.shapeSignature = None
+        tensor.buffer = buffer
+        quant = tensor.quantization
+        if quant is not None and quant.scale is not None and len(quant.scale) > 1 and quant.quantizedDimension in (1, 2):
+            tensor.quantization = copy.copy(quant)
+            tensor.quantization.quantizedDimension = _SWAP_AXIS[int(quant.quantizedDimension)]
+        self.sg.tensors.append(tensor)
+        return len(self.sg.tensors) - 1
+
+    def new_buffer(self, values: np.ndarray) -> int:
+        buffer = self.schema.BufferT()
+        buffer.data = np.frombuffer(np.ascontiguousarray(values).tobytes(), dtype=np.uint8).copy()
+        self.model.buffers.append(buffer)
+        return len(self.model.buffers) - 1
+
+    # -- clean-up ----------------------------------------------------------
+    def remove_dead_ops(self) -> None:
+        graph_io = self.graph_io()
+        while True:
+            _, consumers = self.index()
+            newly = {i for i, op in enumerate(self.sg.operators) if i not in self.dead
+                     and not any(consumers.get(int(t)) or int(t) in graph_io for t in op.outputs)}
+            if not newly:
+                break
+            self.dead |= newly
+        self.sg.operators = [op for i, op in enumerate(self.sg.operators) if i not in self.dead]
+        self.dead = set()
+
+    def drop_unused_tensors(self) -> None:
+        used = self.graph_io()
+        for op in self.sg.operators:
+            used |= {int(t) for t in list(op.inputs) + list(op.outputs) if t >= 0}
+            if op.intermediates is not None:
+                used |= {int(t) for t in op.intermediates}
+        keep = sorted(used)
+        new_index = {old: new for new, old in enumerate(keep)}
+
+        def remap(values: Any) -> np.ndarray:
+            return np.asarray([new_index[int(t)] if t >= 0 else int(t) for t in values], dtype=np.int32)
+
+        for op in self.sg.operators:
+            op.inputs, op.outputs = remap(op.inputs), remap(op.outputs)
+            if op.intermediates is not None:
+                op.intermediates = remap(op.intermediates)
+        self.sg.inputs, self.sg.outputs = remap(self.sg.inputs), remap(self.sg.outputs)
+        subgraph_index = self.model.subgraphs.index(self.sg)
+        for signature in self.model.signatureDefs or []:
+            if signature.subgraphIndex == subgraph_index:
+                for m in (signature.inputs or []) + (signature.outputs or []):
+                    m.tensorIndex = new_index[int(m.tensorIndex)]
+        self.sg.tensors = [self.sg.tensors[t] for t in keep]
+
+
+def _swap_last(shape: Any) -> np.ndarray:
+    shape = np.asarray(shape, dtype=np.int32)
+    return shape[[0, 2, 1]].copy()
+
+
+def _dtype(tensor_type: int, schema: Any) -> np.dtype:
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    return np.dtype({"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8,
+                     "INT16": np.int16, "INT64": np.int64, "BOOL": np.bool_, "FLOAT16": np.float16}[names[tensor_type]])
+
+
+def _drop_unused_buffers(model: Any) -> None:
+    """Buffers no tensor or metadata entry points at any more (replaced constants) are removed."""
+    used = {0} | {int(m.buffer) for m in (model.metadata or [])}
+    for subgraph in model.subgraphs:
+        used |= {int(t.buffer) for t in subgraph.tensors}
+    keep = sorted(b for b in used if b < len(model.buffers))
+    new_index = {old: new for new, old in enumerate(keep)}
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            tensor.buffer = new_index[int(tensor.buffer)]
+    for entry in model.metadata or []:
+        entry.buffer = new_index[int(entry.buffer)]
+    model.buffers = [model.buffers[b] for b in keep]
