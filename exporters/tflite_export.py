@@ -89,8 +89,9 @@ def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool 
     """Add (or replace) the ``METADATA_KEY`` buffer of a .tflite flatbuffer and write it compactly.
 
     With ``channels_last`` the activations between convolutions stay NHWC
-    (``exporters.tflite_layout``): the converter's TRANSPOSE/RESHAPE pairs
-    around every conv become single RESHAPEs, the same integers come out.
+    (``exporters.tflite_layout``): the converter's TRANSPOSE + RESHAPE pairs
+    around every conv go (Conv-TasNet: 571 -> 402 ops, -11 KB), the same
+    integers come out.
 
     The converter names every tensor after its module path, ~90 KB for
     Conv-TasNet (15% of the int8 file). The runtimes, the verifier and the

@@ -7,10 +7,11 @@ to PyTorch's channels-first layout straight away:
 
 Its own layout pass removes those pairs only in 4-D graphs. In Conv-TasNet
 they are ~190 of ~570 ops (~15 KB of the int8 file) and two copies of every
-activation per convolution. ``to_channels_last`` stores each 3-D activation
-that lives only between such boundaries as [N, T, C] instead: the boundary
-pairs become single RESHAPEs, which move no data, and the ops in between get
-their constants, axes and paddings permuted to match. Integer results are
+activation per convolution. ``to_channels_last`` keeps each 3-D activation
+[N, C, T] that lives only between such boundaries in the convolutions' own
+NHWC form [N, 1, T, C] instead: the boundary pairs disappear (the conv's
+output tensor is used as it is), and the ops in between get their
+constants, axes and paddings permuted to match. Integer results are
 unchanged (each op computes the same values; only their order in memory
 differs), which the export tests check bit for bit.
 
@@ -36,7 +37,7 @@ _ELEMENTWISE = {
 }
 _REDUCERS = {"MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"}
 _PADS = {"PAD", "PADV2"}
-_SWAP_AXIS = {0: 0, 1: 2, 2: 1}  # [N, C, T] axis -> [N, T, C] axis
+_AXIS = {0: 0, 1: 3, 2: 2}  # [N, C, T] axis -> [N, 1, T, C] axis
 _TO_CHANNELS_FIRST = [0, 3, 1, 2]  # NHWC -> NCHW
 _TO_CHANNELS_LAST = [0, 2, 3, 1]
 
@@ -216,7 +217,8 @@ class _Rewriter:
             t = producer.get(src)
             n, c, w = self.shape(dst)
             if (t is not None and self.name(self.sg.operators[t]) == "TRANSPOSE"
-                    and self.perm(self.sg.operators[t]) == _TO_CHANNELS_FIRST and self.shape(src) == [n, c, 1, w]):
+                    and self.perm(self.sg.operators[t]) == _TO_CHANNELS_FIRST and self.shape(src) == [n, c, 1, w]
+                    and self.same_qparams(dst, int(self.sg.operators[t].inputs[0]))):
                 return ("out", t)
             return None
         if src in activations and dst not in activations:
@@ -224,71 +226,78 @@ class _Rewriter:
             n, c, w = self.shape(src)
             if (len(users) == 1 and self.name(self.sg.operators[users[0]]) == "TRANSPOSE"
                     and self.perm(self.sg.operators[users[0]]) == _TO_CHANNELS_LAST
-                    and self.shape(dst) == [n, c, 1, w] and dst not in self.graph_io()):
+                    and self.shape(dst) == [n, c, 1, w] and dst not in self.graph_io()
+                    and int(self.sg.operators[users[0]].outputs[0]) not in self.graph_io()
+                    and self.same_qparams(src, int(self.sg.operators[users[0]].outputs[0]))):
                 return ("in", users[0])
         return None
+
+    def same_qparams(self, a: int, b: int) -> bool:
+        qa, qb = self.sg.tensors[a].quantization, self.sg.tensors[b].quantization
+        if qa is None or qb is None or qa.scale is None or qb.scale is None:
+            return qa is None and qb is None and self.sg.tensors[a].type == self.sg.tensors[b].type
+        return (self.sg.tensors[a].type == self.sg.tensors[b].type and np.array_equal(qa.scale, qb.scale)
+                and np.array_equal(qa.zeroPoint, qb.zeroPoint))
 
     def rewrite(self, members: list[int], boundaries: dict[int, tuple[str, int]]) -> None:
         group = set(members)
         for t in members:
             tensor = self.sg.tensors[t]
-            tensor.shape = _swap_last(tensor.shape)
-            if tensor.shapeSignature is not None and len(tensor.shapeSignature) == 3:
-                tensor.shapeSignature = _swap_last(tensor.shapeSignature)
+            tensor.shape = _to_nhwc(tensor.shape)
+            tensor.shapeSignature = None
+        ours = []
         for i, op in enumerate(self.sg.operators):
-            if i in self.dead:
-                continue
             touched = {int(t) for t in list(op.inputs) + list(op.outputs) if t >= 0}
-            if not touched & group:
-                continue
-            name = self.name(op)
+            if i not in self.dead and touched & group:
+                ours.append(i)
+        for i in ours:  # the ops inside first: the boundaries below re-point some of their inputs
+            op, name = self.sg.operators[i], self.name(self.sg.operators[i])
             if i in boundaries:
-                self.rewrite_boundary(op, *boundaries[i])
-            elif name in _ELEMENTWISE:
-                op.inputs = np.asarray([self.swapped_constant(int(t)) if t >= 0 and self.is_constant(int(t))
+                continue
+            if name in _ELEMENTWISE:
+                op.inputs = np.asarray([self.nhwc_constant(int(t)) if t >= 0 and self.is_constant(int(t))
                                         and len(self.shape(int(t))) == 3 else int(t) for t in op.inputs], dtype=np.int32)
             elif name in _REDUCERS:
-                axes = sorted(_SWAP_AXIS[int(a) % 3] for a in self.constant(int(op.inputs[1])).reshape(-1))
-                op.inputs[1] = self.new_constant(int(op.inputs[1]), np.asarray(axes, dtype=np.int32))
+                before = {int(a) % 3 for a in self.constant(int(op.inputs[1])).reshape(-1)}
+                # over channels and time: over every non-batch axis, the singleton one included
+                axes = {_AXIS[a] for a in before} | ({1} if {1, 2} <= before else set())
+                op.inputs[1] = self.new_constant(int(op.inputs[1]), np.asarray(sorted(axes), dtype=np.int32))
             elif name in _PADS:
-                pads = self.constant(int(op.inputs[1])).reshape(3, 2)[[0, 2, 1]]
-                op.inputs[1] = self.new_constant(int(op.inputs[1]), np.ascontiguousarray(pads))
+                pads = self.constant(int(op.inputs[1])).reshape(3, 2)
+                pads = np.stack([pads[0], np.zeros(2, dtype=pads.dtype), pads[2], pads[1]])
+                op.inputs[1] = self.new_constant(int(op.inputs[1]), pads)
             elif name == "SLICE":
-                for k in (1, 2):
-                    values = self.constant(int(op.inputs[k])).reshape(-1)[[0, 2, 1]]
-                    op.inputs[k] = self.new_constant(int(op.inputs[k]), np.ascontiguousarray(values))
+                for k, singleton in ((1, 0), (2, 1)):
+                    v = self.constant(int(op.inputs[k])).reshape(-1)
+                    values = np.asarray([v[0], singleton, v[2], v[1]], dtype=v.dtype)
+                    op.inputs[k] = self.new_constant(int(op.inputs[k]), values)
             elif name == "CONCATENATION":
                 op.builtinOptions = copy.copy(op.builtinOptions)
-                op.builtinOptions.axis = _SWAP_AXIS[int(op.builtinOptions.axis) % 3]
+                op.builtinOptions.axis = _AXIS[int(op.builtinOptions.axis) % 3]
+        for i in ours:
+            if i in boundaries:
+                self.remove_boundary(i, *boundaries[i])
 
-    def rewrite_boundary(self, op: Any, kind: str, transpose: int) -> None:
-        t_op = self.sg.operators[transpose]
-        if kind == "out":  # read the NHWC conv result directly: [N, 1, T, C] is [N, T, C] in memory
-            op.inputs[0] = int(t_op.inputs[0])
-            target = int(op.outputs[0])
-        else:  # write the NHWC conv input directly and drop the TRANSPOSE
-            op.outputs[0] = int(t_op.outputs[0])
-            target = int(t_op.outputs[0])
+    def remove_boundary(self, i: int, kind: str, transpose: int) -> None:
+        """The conv's own NHWC tensor takes the place of the [N, C, T] one (same bytes, same qparams)."""
+        op, t_op = self.sg.operators[i], self.sg.operators[transpose]
+        if kind == "out":  # conv -> TRANSPOSE -> RESHAPE -> B: B's users read the conv output
+            self.replace_uses(int(op.outputs[0]), int(t_op.inputs[0]))
+        else:  # B -> RESHAPE -> TRANSPOSE -> X -> conv: the conv reads B
+            self.replace_uses(int(t_op.outputs[0]), int(op.inputs[0]))
             self.dead.add(transpose)
-        new_shape = np.asarray(self.shape(target), dtype=np.int32)
-        if len(op.inputs) > 1 and op.inputs[1] >= 0:
-            op.inputs[1] = self.new_constant(int(op.inputs[1]), new_shape)
-        if op.builtinOptions is not None and getattr(op.builtinOptions, "newShape", None) is not None:
-            op.builtinOptions = copy.copy(op.builtinOptions)
-            op.builtinOptions.newShape = new_shape
+        self.dead.add(i)
 
-    def swapped_constant(self, t: int) -> int:
-        """A constant operand [a, b, c] as [a, c, b] (data transposed; no copy when b or c is 1)."""
-        shape = self.shape(t)
-        if shape[1] == shape[2]:
-            return t
-        key = ("swapped", t)
+    def nhwc_constant(self, t: int) -> int:
+        """A constant operand [a, b, c] as [a, 1, c, b] (data transposed; no copy when b or c is 1)."""
+        key = ("nhwc", t)
         if key not in self._made:
+            shape = self.shape(t)
             if shape[1] == 1 or shape[2] == 1:
-                self._made[key] = self.clone_tensor(t, _swap_last(self.sg.tensors[t].shape), self.sg.tensors[t].buffer)
+                buffer = self.sg.tensors[t].buffer
             else:
-                data = np.ascontiguousarray(np.swapaxes(self.constant(t), 1, 2))
-                self._made[key] = self.clone_tensor(t, _swap_last(self.sg.tensors[t].shape), self.new_buffer(data))
+                buffer = self.new_buffer(np.ascontiguousarray(np.swapaxes(self.constant(t), 1, 2)))
+            self._made[key] = self.clone_tensor(t, _to_nhwc(self.sg.tensors[t].shape), buffer)
         return self._made[key]
 
     def new_constant(self, t: int, values: np.ndarray) -> int:
@@ -307,9 +316,9 @@ class _Rewriter:
         tensor.shapeSignature = None
         tensor.buffer = buffer
         quant = tensor.quantization
-        if quant is not None and quant.scale is not None and len(quant.scale) > 1 and quant.quantizedDimension in (1, 2):
+        if quant is not None and quant.scale is not None and len(quant.scale) > 1 and len(self.shape(t)) == 3:
             tensor.quantization = copy.copy(quant)
-            tensor.quantization.quantizedDimension = _SWAP_AXIS[int(quant.quantizedDimension)]
+            tensor.quantization.quantizedDimension = _AXIS[int(quant.quantizedDimension) % 3]
         self.sg.tensors.append(tensor)
         return len(self.sg.tensors) - 1
 
@@ -357,9 +366,9 @@ class _Rewriter:
         self.sg.tensors = [self.sg.tensors[t] for t in keep]
 
 
-def _swap_last(shape: Any) -> np.ndarray:
-    shape = np.asarray(shape, dtype=np.int32)
-    return shape[[0, 2, 1]].copy()
+def _to_nhwc(shape: Any) -> np.ndarray:
+    n, c, t = (int(d) for d in shape)
+    return np.asarray([n, 1, t, c], dtype=np.int32)
 
 
 def _dtype(tensor_type: int, schema: Any) -> np.dtype:
