@@ -119,8 +119,10 @@ def test_high_byte_range_stops_at_the_low_bytes_largest_output(tiny_tasnet, tmp_
     from compressor.fqse.calibration import tighten_split_encoder_range
 
     ctx = _ctx(tiny_tasnet, tmp_path)
-    loose = _recipe(tight_split_range=False).prepare(ctx).core
-    tight_recipe = _recipe()
+    loose_recipe = _recipe()
+    loose = loose_recipe.prepare(ctx).core
+    assert loose_recipe.split_range is None  # the default keeps the min/max range
+    tight_recipe = _recipe(tight_split_range=True)
     tight = tight_recipe.prepare(ctx).core
     assert tight_recipe.split_range is not None
     relu = next(n for n in tight.graph_module.graph.nodes if n.op == "call_function"
