@@ -217,12 +217,14 @@ def test_cli_switches_map_to_recipe_options():
     from compressor.cli.quantize_cmds import _fqse_options
     from compressor.errors import RecipeError
 
-    opts = _fqse_options(True, None, True, True, None, None, None, None, None)
+    opts = _fqse_options(True, None, True, True, None, None, None, None, None, None)
     assert opts["snr_aug"] is False and opts["input_precision"] == "8bit" and opts["output_precision"] == "8bit"
+    assert get_recipe("fqse").from_options(_fqse_options(False, None, False, False, None, None, None, None, None,
+                                                         True)).config.tight_split_range
     config = get_recipe("fqse").from_options(opts).config
     assert not config.io().splitter and not config.io().rqb
-    assert all(v is None for v in _fqse_options(False, None, False, False, None, None, None, None, None).values())
+    assert all(v is None for v in _fqse_options(False, None, False, False, None, None, None, None, None, None).values())
     with pytest.raises(RecipeError, match="contradicts"):
-        _fqse_options(False, None, True, False, "split", None, None, None, None)
+        _fqse_options(False, None, True, False, "split", None, None, None, None, None)
     with pytest.raises(RecipeError, match="does not take"):
         get_recipe("vanilla").from_options({"snr_aug": False})

@@ -91,6 +91,9 @@ def _common(func):
 @click.option("--split-encoder", type=click.Choice(["two_convs", "one_conv"]),
               help="fqse: the grown encoder as one conv per byte, each with its own weight scales (default), "
                    "or one two-channel conv (the paper's; its low-byte weights round to 0 at int8).")
+@click.option("--tight-split-range", is_flag=True, default=None,
+              help="fqse: clip the high-byte encoder conv's range at -max(low byte) before QAT (exact under the "
+                   "encoder's ReLU; measured within noise of the default min/max range).")
 @click.option("--rqb-init", type=click.Choice(["pinv", "fit", "paper"]),
               help="fqse: RQB encoder from the decoder's pseudo-inverse, that fitted on data, or the model's encoder (the paper's).")
 @click.option("--epochs", type=int, help="bam: training epochs from scratch (default 6).")
@@ -100,7 +103,7 @@ def _common(func):
 def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
             seed, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
             distill, run_dir, resume, no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-            splitter_init, split_encoder, rqb_init, epochs, beta, binary_weights):
+            splitter_init, split_encoder, tight_split_range, rqb_init, epochs, beta, binary_weights):
     """Quantization-aware training of MODEL into a fully quantized model.
 
     Every weight and every activation, input and output included, is
@@ -114,13 +117,13 @@ def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, 
                    lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every, distill=distill,
                    epochs=epochs, beta=beta, binary_weights=binary_weights or None)
     options.update(_fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-                                 splitter_init, rqb_init, split_encoder))
+                                 splitter_init, rqb_init, split_encoder, tight_split_range))
     _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
          segment_seconds, out, run_dir, resume, seed)
 
 
 def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-                  splitter_init, rqb_init, split_encoder) -> dict:
+                  splitter_init, rqb_init, split_encoder, tight_split_range) -> dict:
     """The fqse switches as recipe options; None where not given (other recipes refuse set ones)."""
     if no_splitter and input_precision not in (None, "8bit"):
         raise RecipeError(f"--no-splitter contradicts --input-precision {input_precision}")
@@ -134,6 +137,7 @@ def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, o
         output_precision="8bit" if no_rqb else output_precision,
         splitter_init=splitter_init,
         split_encoder=split_encoder,
+        tight_split_range=tight_split_range,
         rqb_init=rqb_init,
     )
 
