@@ -415,3 +415,55 @@ def test_pipeline_refuses_a_tflite_core(exported, tmp_path):
     with pytest.raises(ExportError, match="onnx"):
         write_pipeline(exported["tflite"].path, tmp_path / "x.pipeline.onnx")
     assert not (tmp_path / "x.pipeline.onnx").exists()
+
+
+def test_leaky_relu_grids_make_xnnpack_compute_prelu_exactly(tiny_qmodel, tmp_path):
+    """After snap_leaky_relu_grids both LEAKY_RELU multipliers are odd integers over 256, and XNNPACK's
+    8-fractional-bit arithmetic gives what exact rounding gives on every element (ties only at d = +-128)."""
+    import copy
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    from compressor.quant.leaky_grid import snap_leaky_relu_grids
+
+    qmodel = copy.deepcopy(tiny_qmodel)
+    before = qmodel(torch.from_numpy(_audio(1)[0]).unsqueeze(0))
+    assert snap_leaky_relu_grids(qmodel) == 2 * TINY_TASNET["R"] * TINY_TASNET["X"] + 1  # two per block, the mask's
+    after = qmodel(torch.from_numpy(_audio(1)[0]).unsqueeze(0))
+    assert float((after - before).abs().max()) < 0.05 * float(before.abs().max())  # a small move, not a new model
+    path = tmp_path / "snapped.tflite"
+    export(qmodel, "tflite", path, config=ExportConfig(target="tflite", chunk_seconds=CHUNK_SECONDS),
+           calibration=_audio())
+    content = path.read_bytes()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    graph = model.subgraphs[0]
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    leaky = [o for o in graph.operators if names[model.operatorCodes[o.opcodeIndex].builtinCode] == "LEAKY_RELU"]
+    assert leaky
+    for op in leaky:
+        s_in = float(graph.tensors[op.inputs[0]].quantization.scale[0])
+        s_out = float(graph.tensors[op.outputs[0]].quantization.scale[0])
+        for m in (256 * s_in / s_out, 256 * s_in / s_out * op.builtinOptions.alpha):
+            assert abs(m - round(m)) < 1e-3 and round(m) % 2 == 1, m
+    # keep every LEAKY_RELU tensor as a graph output, so that XNNPACK materializes it
+    keep = {int(t) for o in leaky for t in (o.inputs[0], o.outputs[0])} | {int(t) for t in graph.outputs}
+    graph.outputs = np.asarray(sorted(keep), dtype=np.int32)
+    model.signatureDefs = []
+    builder = flatbuffers.Builder(2 * len(content))
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    interp = Interpreter(model_content=bytes(builder.Output()))  # XNNPACK, LiteRT's default
+    interp.allocate_tensors()
+    detail = interp.get_input_details()[0]
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        interp.set_tensor(detail["index"], rng.integers(-60, 60, detail["shape"], dtype=np.int8))
+        interp.invoke()
+        for op in leaky:
+            qi, qo = graph.tensors[op.inputs[0]].quantization, graph.tensors[op.outputs[0]].quantization
+            d = interp.get_tensor(int(op.inputs[0])).astype(np.int64) - int(qi.zeroPoint[0])
+            real = np.where(d >= 0, d, d * float(op.builtinOptions.alpha)) * float(qi.scale[0]) / float(qo.scale[0])
+            want = np.clip(np.round(real) + int(qo.zeroPoint[0]), -128, 127)
+            got = interp.get_tensor(int(op.outputs[0])).astype(np.int64)
+            assert np.array_equal(got[np.abs(d) != 128], want[np.abs(d) != 128])

@@ -26,6 +26,7 @@ from compressor.fqse.io_codec import DEFAULT_GAIN
 from compressor.fqse.calibration import fit_rqb_scale, tighten_split_encoder_range
 from compressor.fqse.model import fit_rqb_encoder
 from compressor.quant import QuantizedModel, calibrate, quantize
+from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 from compressor.recipes.vanilla import QATConfig, qat_objective, quantizer_param_groups, teacher_copy
 from compressor.training import train
@@ -135,6 +136,8 @@ class FQSE(Recipe):
 
         train(pipeline, train_set, ctx.valid_set, loss_fn, cfg.train_config(), ctx.out_dir,
               resume=ctx.resume, param_groups=groups, on_checkpoint=checkpoint, progress=ctx.progress)
+        if cfg.leaky_grid:
+            snap_leaky_relu_grids(qmodel)
         return qmodel
 
     def saved_arch(self, default: ArchSpec) -> ArchSpec:

@@ -8,6 +8,7 @@ from torch import nn
 from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
 from compressor.quant import QuantConfig, calibrate, quantize
+from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 
 
@@ -19,6 +20,8 @@ class PTQConfig(JsonConfig):
     calib_batches: int = 16
     batch_size: int = 4
     seed: int = 0
+    # One-slope PReLUs on grids where XNNPACK's LEAKY_RELU is exact (quant/leaky_grid.py).
+    leaky_grid: bool = True
 
     def __post_init__(self) -> None:
         if self.calib_batches < 1 or self.batch_size < 1:
@@ -39,4 +42,7 @@ class PTQ(Recipe):
         cfg = self.config
         qmodel = quantize(ctx.float_model, example_input(ctx.train_set), cfg.quant_config())
         batches = calibration_batches(ctx.train_set, cfg.calib_batches, cfg.batch_size, cfg.seed)
-        return calibrate(qmodel, batches, cfg.calibration, progress=ctx.progress)
+        calibrate(qmodel, batches, cfg.calibration, progress=ctx.progress)
+        if cfg.leaky_grid:
+            snap_leaky_relu_grids(qmodel)
+        return qmodel
