@@ -33,7 +33,7 @@ import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.
 from torch import fx, nn
 
 from compressor.errors import ExportError
-from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, source_location
+from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, quantizer_at, source_location
 from compressor.quant.model import QuantizedModel
 from compressor.quant.ops import rule_for
 from compressor.quant.quantizers import ActivationQuantizer, BiasQuantizer, FixedQParamsQuantizer, WeightQuantizer
@@ -86,9 +86,7 @@ class _Lowerer:
 
     # -- helpers ---------------------------------------------------------
     def quantizer(self, node: fx.Node) -> nn.Module | None:
-        if node.op == "call_module" and str(node.target).startswith(f"{QUANTIZER_ROOT}."):
-            return self.gm.get_submodule(str(node.target))
-        return None
+        return quantizer_at(self.gm, node)
 
     def constant(self, tensor: torch.Tensor, hint: str) -> fx.Node:
         name = f"_deploy_{hint}_{self._buffers}"

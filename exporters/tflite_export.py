@@ -154,10 +154,12 @@ class _SharedVectorBuilder(flatbuffers.Builder):
 
 
 def _drop_empty_buffers(model) -> None:
-    """Point every tensor without data at buffer 0 (the schema's empty sentinel) and drop the other empty ones.
+    """Point every tensor without data at buffer 0 (the schema's empty sentinel); drop the other empty
+    buffers and those nothing points at.
 
     The converter gives each activation tensor a buffer table of its own
-    with no data (~550 of them for Conv-TasNet).
+    with no data (~550 of them for Conv-TasNet); the channels-last pass
+    leaves the constants it replaced unreferenced.
     """
     def empty(buffer) -> bool:
         return (buffer.data is None or len(buffer.data) == 0) and not buffer.offset
@@ -165,7 +167,8 @@ def _drop_empty_buffers(model) -> None:
     if not model.buffers or not empty(model.buffers[0]):
         return  # no sentinel to point at: leave the file as it is
     metadata_buffers = {int(m.buffer) for m in (model.metadata or [])}
-    keep = sorted({0} | {i for i, b in enumerate(model.buffers) if not empty(b)} | metadata_buffers)
+    used = {int(t.buffer) for subgraph in model.subgraphs for t in subgraph.tensors} | metadata_buffers
+    keep = sorted({0} | {i for i in used if i < len(model.buffers) and not empty(model.buffers[i])} | metadata_buffers)
     new_index = {old: new for new, old in enumerate(keep)}
     for subgraph in model.subgraphs:
         for tensor in subgraph.tensors:

@@ -43,14 +43,13 @@ _TO_CHANNELS_LAST = [0, 2, 3, 1]
 
 
 def to_channels_last(model: Any, schema: Any) -> dict[str, int]:
-    """Rewrite ``model`` (a ``ModelT``) in place; returns how many ops and tensors it removed."""
+    """Rewrite ``model`` (a ``ModelT``) in place; returns its op count before and after."""
     counts = {"ops_before": 0, "ops_after": 0}
     for subgraph in model.subgraphs:
         counts["ops_before"] += len(subgraph.operators)
         _Rewriter(model, subgraph, schema).run()
         counts["ops_after"] += len(subgraph.operators)
-    _drop_unused_buffers(model)
-    return counts
+    return counts  # the constants it replaced stay in model.buffers, unreferenced: finish() drops them
 
 
 class _Rewriter:
@@ -375,18 +374,3 @@ def _dtype(tensor_type: int, schema: Any) -> np.dtype:
     names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     return np.dtype({"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8,
                      "INT16": np.int16, "INT64": np.int64, "BOOL": np.bool_, "FLOAT16": np.float16}[names[tensor_type]])
-
-
-def _drop_unused_buffers(model: Any) -> None:
-    """Buffers no tensor or metadata entry points at any more (replaced constants) are removed."""
-    used = {0} | {int(m.buffer) for m in (model.metadata or [])}
-    for subgraph in model.subgraphs:
-        used |= {int(t.buffer) for t in subgraph.tensors}
-    keep = sorted(b for b in used if b < len(model.buffers))
-    new_index = {old: new for new, old in enumerate(keep)}
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors:
-            tensor.buffer = new_index[int(tensor.buffer)]
-    for entry in model.metadata or []:
-        entry.buffer = new_index[int(entry.buffer)]
-    model.buffers = [model.buffers[b] for b in keep]

@@ -36,7 +36,7 @@ from compressor.errors import ConfigError
 from compressor.fqse.io_codec import combine
 from compressor.fqse.io_config import IOConfig, io_quantizers
 from compressor.quant import QuantizedModel
-from compressor.quant.graph import QUANTIZER_ROOT
+from compressor.quant.graph import quantizer_at
 
 aten = torch.ops.aten
 
@@ -67,8 +67,9 @@ def tighten_split_encoder_range(qmodel: QuantizedModel) -> tuple[float, float] |
     relu = [u for t in total for u in t.users] + [u for t in total for q in t.users for u in q.users]
     if not total or not any(u.op == "call_function" and u.target == aten.relu.default for u in relu):
         return None
-    quantizers = qmodel.quantizers()
-    hi_q, lo_q = (quantizers[str(n.target)[len(QUANTIZER_ROOT) + 1:]] for n in (hi_node, lo_node))
+    hi_q, lo_q = quantizer_at(gm, hi_node), quantizer_at(gm, lo_node)
+    if hi_q is None or lo_q is None:
+        return None
     lo_scale, lo_zero = lo_q.qparams()
     hi_scale, hi_zero = hi_q.qparams()
     largest_low = max(lo_scale * (lo_q.qmax - lo_zero), 0.0)

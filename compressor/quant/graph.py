@@ -272,6 +272,13 @@ def _strip_quant(node: Any) -> Any:
     return node
 
 
+def quantizer_at(gm: fx.GraphModule, node: Any) -> nn.Module | None:
+    """The quantizer module a graph node calls, or None when the node is not a quantizer."""
+    if isinstance(node, fx.Node) and node.op == "call_module" and str(node.target).startswith(f"{QUANTIZER_ROOT}."):
+        return gm.get_submodule(str(node.target))
+    return None
+
+
 def get_attr_value(gm: fx.GraphModule, target: str) -> torch.Tensor:
     obj: Any = gm
     for part in target.split("."):

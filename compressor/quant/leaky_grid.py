@@ -24,9 +24,8 @@ import logging
 import math
 
 import torch
-from torch import fx
 
-from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value
+from compressor.quant.graph import get_attr_value, quantizer_at
 from compressor.quant.model import QuantizedModel
 from compressor.quant.quantizers import ActivationQuantizer, WeightQuantizer
 
@@ -39,12 +38,6 @@ def _odd(value: float) -> int:
     return 2 * math.floor(value / 2) + 1
 
 
-def _quantizer(qmodel: QuantizedModel, node: object) -> torch.nn.Module | None:
-    if isinstance(node, fx.Node) and node.op == "call_module" and str(node.target).startswith(f"{QUANTIZER_ROOT}."):
-        return qmodel.graph_module.get_submodule(str(node.target))
-    return None
-
-
 @torch.no_grad()
 def snap_leaky_relu_grids(qmodel: QuantizedModel) -> int:
     """Put every one-slope PReLU on exact-multiplier grids; returns how many were moved."""
@@ -53,13 +46,14 @@ def snap_leaky_relu_grids(qmodel: QuantizedModel) -> int:
         if node.op != "call_function" or node.target != aten.prelu.default or len(node.users) != 1:
             continue
         x, slope_node = node.args
-        in_q, out_q = _quantizer(qmodel, x), _quantizer(qmodel, next(iter(node.users)))
-        slope_q = _quantizer(qmodel, slope_node)
+        gm = qmodel.graph_module
+        in_q, out_q = quantizer_at(gm, x), quantizer_at(gm, next(iter(node.users)))
+        slope_q = quantizer_at(gm, slope_node)
         source = slope_node.args[0] if slope_q is not None else slope_node
         if not (isinstance(in_q, ActivationQuantizer) and isinstance(out_q, ActivationQuantizer)
                 and isinstance(slope_q, WeightQuantizer) and source.op == "get_attr"):
             continue
-        value = get_attr_value(qmodel.graph_module, str(source.target))
+        value = get_attr_value(gm, str(source.target))
         if value.numel() != 1:
             continue  # per-channel slopes deploy as GREATER + SELECT, not LEAKY_RELU
         s_in, _ = in_q.qparams()
