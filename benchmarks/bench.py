@@ -5,6 +5,14 @@
 
 Every model runs with the same chunking (its fixed chunk, 25% cross-faded
 overlap), so files and checkpoints are compared on the same computation.
+
+The quality run goes through ``runtimes.load`` (the Runtime ``compress run``
+uses; its output equals the device runner's, a test checks it), which counts
+the int8 codes at the boundary limits: each entry records them as
+``clipping`` ({"input", "output"} fractions; None for a float model or a file
+without our metadata, run by the device runner's FileModel) and a warning
+names the model when either is above 0.1 % (the audio is louder than its
+calibration level).
 """
 from __future__ import annotations
 
@@ -22,8 +30,9 @@ from benchmarks.latency import BenchmarkError, measure_latency, thread_counts
 from benchmarks.quality import Dnsmos, clip_rows, delta, summarize
 from benchmarks.size import model_size
 from compressor.configs import JsonConfig
-from compressor.errors import CompressorError, ConfigError
+from compressor.errors import CompressorError, ConfigError, RuntimeLoadError
 from compressor.fileio import write_text_atomic
+from compressor.quant.clipping import CLIP_WARN_FRACTION
 
 log = logging.getLogger(__name__)
 FILE_SUFFIXES = (".onnx", ".tflite")
@@ -74,15 +83,33 @@ def model_format(path: Path) -> str:
     return suffix.lstrip(".") if suffix in FILE_SUFFIXES else "checkpoint"
 
 
-def processor(path: Path, config: BenchConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """Mono float audio -> the model's estimate, in the model's chunks (what quality is measured on)."""
-    if path.suffix.lower() in FILE_SUFFIXES:
-        from benchmarks.device_runner import FileModel
-
-        return FileModel(path, threads=config.threads).process
+def quality_model(path: Path, config: BenchConfig) -> Any:
+    """What the quality run processes audio with: a Runtime (it counts boundary clipping), or, for an
+    .onnx/.tflite without our metadata (a float or foreign file), the device runner's FileModel."""
     import runtimes
 
-    return runtimes.load(path, threads=config.threads, chunk_seconds=config.chunk_seconds).process
+    if path.suffix.lower() in FILE_SUFFIXES:
+        try:
+            return runtimes.load(path, threads=config.threads)
+        except RuntimeLoadError:
+            from benchmarks.device_runner import FileModel
+
+            return FileModel(path, threads=config.threads)
+    return runtimes.load(path, threads=config.threads, chunk_seconds=config.chunk_seconds)
+
+
+def processor(path: Path, config: BenchConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """Mono float audio -> the model's estimate, in the model's chunks (what quality is measured on)."""
+    return quality_model(path, config).process
+
+
+def boundary_clipping(model: Any) -> dict[str, float] | None:
+    """Fractions of input/output int8 codes at the limits during the run; None without an int8 boundary."""
+    from runtimes import Runtime
+
+    if not isinstance(model, Runtime) or getattr(model, "quantized", True) is False:
+        return None  # a float checkpoint (TorchRuntime) or a file the device runner ran
+    return {k: round(v, 6) for k, v in model.clipping().items()}
 
 
 def _latency_fields(latency: dict | None) -> dict[str, Any]:
@@ -104,7 +131,7 @@ class _QualityCache:
         self.config = config
         self.dataset = eval_set(config.data)
         self.dnsmos = Dnsmos(config.dnsmos)
-        self._done: dict[Path, tuple[dict, list[dict]]] = {}
+        self._done: dict[Path, tuple[dict, list[dict], dict | None]] = {}
 
     def _disk_key(self, path: Path) -> Path | None:
         if not self.config.cache_dir:
@@ -115,20 +142,23 @@ class _QualityCache:
                                   c.chunk_seconds]).encode())
         return Path(c.cache_dir) / f"quality-{path.name}-{digest.hexdigest()[:16]}.json"
 
-    def __call__(self, path: Path, name: str) -> tuple[dict, list[dict]]:
+    def __call__(self, path: Path, name: str) -> tuple[dict, list[dict], dict | None]:
+        """(quality summary, per-clip rows, boundary clipping during the run)."""
         key = path.resolve()
         if key in self._done:
             return self._done[key]
         disk = self._disk_key(path)
-        if disk is not None and disk.is_file():
-            rows = json.loads(disk.read_text())
-        else:
-            rows = clip_rows(processor(path, self.config), self.dataset, pesq=self.config.pesq,
-                             dnsmos=self.dnsmos, max_items=self.config.max_items, desc=f"quality {name}",
-                             progress=self.config.progress)
+        stored = json.loads(disk.read_text()) if disk is not None and disk.is_file() else None
+        if isinstance(stored, list):  # a cache file from before clipping was recorded
+            stored = {"rows": stored, "clipping": None}
+        if stored is None:
+            model = quality_model(path, self.config)
+            rows = clip_rows(model.process, self.dataset, pesq=self.config.pesq, dnsmos=self.dnsmos,
+                             max_items=self.config.max_items, desc=f"quality {name}", progress=self.config.progress)
+            stored = {"rows": rows, "clipping": boundary_clipping(model)}
             if disk is not None:
-                write_text_atomic(disk, json.dumps(rows) + "\n")
-        self._done[key] = (summarize(rows), rows)
+                write_text_atomic(disk, json.dumps(stored) + "\n")
+        self._done[key] = (summarize(stored["rows"]), stored["rows"], stored["clipping"])
         return self._done[key]
 
 
@@ -145,7 +175,12 @@ def bench_one(path: Path, name: str, config: BenchConfig, quality: _QualityCache
         if config.latency else None
     entry["runtime"] = latency["runtime"] if latency else None
     entry.update(_latency_fields(latency))
-    entry["quality"], entry["rows"] = quality(path, name) if quality else (None, [])
+    entry["quality"], entry["rows"], entry["clipping"] = quality(path, name) if quality else (None, [], None)
+    clipped = entry["clipping"] or {}
+    if max(clipped.values(), default=0.0) > CLIP_WARN_FRACTION:
+        log.warning("%s: %.2f%% of the input and %.2f%% of the output int8 codes clipped during the quality run: "
+                    "the audio is louder than the model's calibration level (README 'Clipping')", name,
+                    100 * clipped["input"], 100 * clipped["output"])
     entry["delta_vs_float"] = delta(entry["quality"], reference) if entry["quality"] and reference else None
     return entry
 

@@ -9,8 +9,8 @@ it in a child process per model for the same reason: the peak resident
 memory it reports is that of a process holding one model and its runtime.
 
 What it runs: an ``.onnx`` in onnxruntime (CPU) or a ``.tflite`` in LiteRT
-(XNNPACK). A file written by ``compress export`` carries its int8 boundary
-and its FQSE splitter/combiner in embedded metadata (key
+(XNNPACK). A file written by ``compress export`` carries its int8 boundary,
+its level stage and its FQSE splitter/combiner in embedded metadata (key
 ``audio_compress``); any other file (float, or another toolkit's) must take
 float audio of shape (1, T) and return (1, T) or (1, sources, T).
 
@@ -55,6 +55,7 @@ def _sibling(name: str, repo_path: str, what: str):
         if candidate.is_file():
             spec = importlib.util.spec_from_file_location(f"_packed_{candidate.stem}", candidate)
             module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses look their module up while it executes
             spec.loader.exec_module(module)
             return module
     raise ModelFileError(f"the runner needs {name} ({what}) beside it")
@@ -62,6 +63,17 @@ def _sibling(name: str, repo_path: str, what: str):
 
 def _io_codec():
     return _sibling("io_codec.py", "compressor/fqse/io_codec.py", "FQSE's splitter/combiner")
+
+
+def _level_stage(records):
+    """The file's level stage (gain before the model, undone after), or None."""
+    if not records:
+        return None
+    module = _sibling("level.py", "compressor/stages/level.py", "the level stage")
+    try:
+        return module.level_stage_of(records)
+    except ValueError as exc:
+        raise ModelFileError(str(exc)) from exc
 
 
 class _Boundary:
@@ -120,6 +132,7 @@ class FileModel:
             raise ModelFileError(f"{self.path}: not an .onnx or .tflite file")
         self.metadata = json.loads(self._metadata_text) if self._metadata_text else None
         self.codec = None
+        self.level = _level_stage(self.metadata.get("stages")) if self.metadata else None
         if self.metadata:
             self.inputs = [_Boundary.from_metadata(s) for s in self.metadata["inputs"]]
             self.outputs = [_Boundary.from_metadata(s) for s in self.metadata["outputs"]]
@@ -207,8 +220,14 @@ class FileModel:
         """``chunk_samples`` float samples -> (sources, chunk_samples) float32.
 
         With FQSE metadata the splitter makes the two int8 input channels and
-        the combiner adds the RQB's residual output back.
+        the combiner adds the RQB's residual output back. A level stage goes around all of it.
         """
+        if self.level is None:
+            return self._run_boundary(audio)
+        gain = self.level.gain(np.asarray(audio, np.float32))
+        return self._run_boundary(audio * gain) / gain
+
+    def _run_boundary(self, audio: np.ndarray) -> np.ndarray:
         x = np.asarray(audio, np.float32).reshape(1, -1)
         if self.metadata and self.metadata.get("splitter"):
             x = self.codec.split(x, np, axis=-2)

@@ -2,7 +2,8 @@
 
 The folder holds the model file, ``runner.py`` (``benchmarks/device_runner.py``:
 numpy plus onnxruntime or ai-edge-litert, nothing else), ``io_codec.py``
-(the FQSE splitter/combiner, numpy only), a few test clips as 16-bit WAVs
+(the FQSE splitter/combiner), ``level.py`` (the level stage) and
+``chunking.py`` (all numpy only), a few test clips as 16-bit WAVs
 with their input SNRs, and ``model_info.json`` (size by bit width and BOPs,
 computed here since they do not depend on the device). On the device::
 
@@ -31,6 +32,7 @@ from compressor.metrics import BUCKETS, snr_bucket
 RUNNER = Path(device_runner.__file__)
 IO_CODEC = Path(__file__).resolve().parent.parent / "compressor" / "fqse" / "io_codec.py"
 CHUNKING = Path(__file__).resolve().parent.parent / "runtimes" / "chunking.py"
+LEVEL = Path(__file__).resolve().parent.parent / "compressor" / "stages" / "level.py"
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -77,6 +79,7 @@ def pack(model: str | Path, folder: str | Path, data: str = "demo", clips: int =
     shutil.copyfile(RUNNER, folder / "runner.py")
     shutil.copyfile(IO_CODEC, folder / "io_codec.py")
     shutil.copyfile(CHUNKING, folder / "chunking.py")
+    shutil.copyfile(LEVEL, folder / "level.py")
     dataset = eval_set(data)
     listing = []
     for index in pick_clips(dataset, clips):

@@ -79,7 +79,7 @@ def quality_table(entries: list[dict]) -> str:
     n = with_quality[0]["quality"]["count"]
     head = ["model", "SI-SNR all", f"low (<2 dB, n={n['low']})", f"mid (2-10, n={n['mid']})",
             f"high (>10, n={n['high']})", "SI-SNRi", "SDR", "STOI", "PESQ-WB", "DNSMOS SIG/BAK/OVRL",
-            "ΔSI-SNR all / low / mid / high", "ΔPESQ", "ΔDNSMOS OVRL"]
+            "ΔSI-SNR all / low / mid / high", "ΔPESQ", "ΔDNSMOS OVRL", "clipped % in / out"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in with_quality:
         q, d = e["quality"], e.get("delta_vs_float")
@@ -89,8 +89,15 @@ def quality_table(entries: list[dict]) -> str:
             e["name"], fmt(s["all"]), fmt(s["low"]), fmt(s["mid"]), fmt(s["high"]), fmt(q["si_snri"]), fmt(q["sdr"]),
             fmt(q["stoi"], 3), fmt(q["pesq"]),
             f"{fmt(q['dnsmos_sig'])} / {fmt(q['dnsmos_bak'])} / {fmt(q['dnsmos_ovrl'])}", deltas,
-            fmt(d["pesq"], 2, True) if d else "–", fmt(d["dnsmos_ovrl"], 2, True) if d else "–"]) + " |")
+            fmt(d["pesq"], 2, True) if d else "–", fmt(d["dnsmos_ovrl"], 2, True) if d else "–",
+            _clipped(e)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _clipped(entry: dict) -> str:
+    """Boundary int8 codes at the limits during the quality run, in % (– without an int8 boundary)."""
+    c = entry.get("clipping")
+    return f"{100 * c['input']:.2f} / {100 * c['output']:.2f}" if c else "–"
 
 
 def per_layer_table(entry: dict) -> str:

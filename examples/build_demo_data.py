@@ -42,6 +42,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import debian_packages  # noqa: E402  (examples/, beside this file)
+from debian_packages import run  # noqa: E402
 from compressor.data.audio import rms, snr_db, to_int16, write_audio, from_int16  # noqa: E402
 from compressor.data.mixing import colored_noise, loop_crop, mix_at_snr  # noqa: E402
 
@@ -108,10 +110,6 @@ BABBLE_TALKERS = (4, 6)
 # ----------------------------------------------------------------------------- helpers
 
 
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, **kw)
-
-
 def ffmpeg_decode(path: Path, fmt: str | None = None) -> np.ndarray:
     """Decode any file ffmpeg reads to 16 kHz mono float32."""
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin"]
@@ -125,24 +123,7 @@ def ffmpeg_decode(path: Path, fmt: str | None = None) -> np.ndarray:
 def fetch_packages(work: Path, debs: Path | None) -> dict[str, Path]:
     """Download (or reuse) and unpack the .deb files; return package -> root."""
     names = [p for p, _ in SPEECH_PACKAGES.values()] + list(NOISE_PACKAGES)
-    debdir = work / "debs"
-    debdir.mkdir(parents=True, exist_ok=True)
-    roots = {}
-    for name in names:
-        found = sorted((debs or debdir).glob(f"{name}_*.deb"))
-        if not found:
-            print(f"apt-get download {name}", flush=True)
-            run(["apt-get", "download", name], cwd=debdir)
-            found = sorted(debdir.glob(f"{name}_*.deb"))
-        if not found:
-            sys.exit(f"could not get {name}")
-        root = work / "x" / name
-        if not root.exists():
-            root.parent.mkdir(parents=True, exist_ok=True)
-            run(["dpkg-deb", "-x", str(found[-1]), str(root)])
-        roots[name] = root
-        print(f"  {found[-1].name}", flush=True)
-    return roots
+    return {name: root for name, (root, _) in debian_packages.fetch_packages(names, work, debs).items()}
 
 
 def trim_silence(x: np.ndarray, rel_db: float = -40.0, margin_s: float = 0.08) -> np.ndarray:

@@ -99,6 +99,7 @@ def deploy_metadata(qmodel: QuantizedModel, lowered: LoweredModel, cfg: ExportCo
     output_shapes = [list(o.shape) for o in (out if isinstance(out, (tuple, list)) else [out])]
     model_info = dict(model_info)
     splitter, combiner = model_info.pop("splitter", None), model_info.pop("combiner", None)
+    stages = list(model_info.pop("stages", None) or [])
     io_dtype = "uint8" if (cfg.target == "onnx" and cfg.uint8_activations) else "int8"
     shift = 128 if io_dtype == "uint8" else 0
     p_in = lowered.inputs[0]
@@ -117,12 +118,16 @@ def deploy_metadata(qmodel: QuantizedModel, lowered: LoweredModel, cfg: ExportCo
         model={**model_info, "quant_config": qmodel.config.to_dict()},
         splitter=splitter, combiner=combiner,
         allowed_float_ops=list(cfg.allow_float),
+        stages=stages,
     )
 
 
 def _verification_chunks(calibration: Sequence[np.ndarray] | None, shape: list[int], n: int,
-                         split: bool = False) -> list[np.ndarray]:
-    """Inputs of the file's input shape: calibration audio cut to length (split for FQSE), or noise."""
+                         split: bool = False, stage: Any = None) -> list[np.ndarray]:
+    """Inputs of the file's input shape: calibration audio cut to length (split for FQSE), or noise.
+
+    With a level stage, each chunk as the stage hands it to the file (scaled to the calibration level).
+    """
     length = shape[-1] if split else int(np.prod(shape))
     rng = np.random.default_rng(0)
     sources = [np.asarray(a, np.float32).reshape(-1) for a in (calibration or [])][:n]
@@ -131,6 +136,8 @@ def _verification_chunks(calibration: Sequence[np.ndarray] | None, shape: list[i
     chunks = []
     for audio in sources:
         audio = np.pad(audio, (0, max(0, length - audio.size)))[:length]
+        if stage is not None:
+            audio = (audio * stage.gain(audio)).astype(np.float32)
         if split:
             from compressor.fqse.io_codec import split as split_audio
 
@@ -189,7 +196,8 @@ def export(qmodel: QuantizedModel, target: str, path: str | Path, *, config: Exp
 def _verify(qmodel: QuantizedModel, lowered: LoweredModel, file: Path, cfg: ExportConfig,
             calibration: Sequence[np.ndarray] | None, shape: list[int]) -> Verification:
     runtime = open_session(file, threads=cfg.threads)
-    chunks = _verification_chunks(calibration, shape, cfg.verify_chunks, split=bool(runtime.metadata.splitter))
+    chunks = _verification_chunks(calibration, shape, cfg.verify_chunks, split=bool(runtime.metadata.splitter),
+                                  stage=runtime.metadata.level_stage())
     e2e = end_to_end(qmodel, runtime, chunks)
     spec = runtime.metadata.inputs[0]
     shift = 128 if spec.dtype == "uint8" else 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -20,10 +21,11 @@ def _quantized(loaded: LoadedModel, calib: str, strict_audio: bool, reduce_range
             raise ConfigError(
                 f"{loaded.path} was trained with {bits}-bit weights; --reduce-range needs a model trained with "
                 "7-bit weights (compress qat --weight-bits 7), requantizing would change what was trained")
-        from exporters.metadata import io_processing
+        from exporters.metadata import io_processing, stages_of
 
         splitter, combiner = io_processing(loaded.recipe)
-        info = {"recipe": (loaded.recipe or {}).get("name", "unknown"), "splitter": splitter, "combiner": combiner}
+        info = {"recipe": (loaded.recipe or {}).get("name", "unknown"), "splitter": splitter, "combiner": combiner,
+                "stages": stages_of(loaded.recipe)}
         if info["recipe"] == "bam":  # a quality predictor: the runtimes compute its log-mel input in numpy
             from compressor.bam.frontend import MelConfig
 
@@ -36,7 +38,7 @@ def _quantized(loaded: LoadedModel, calib: str, strict_audio: bool, reduce_range
     train_set, _ = training_sets(calib, None, 2.0, seed, strict_audio)
     recipe = get_recipe("ptq").from_options({"weight_bits": 7 if reduce_range else 8, "seed": seed})
     qmodel = recipe.run(RecipeContext(loaded.model, train_set, None, Path("."), progress=True))
-    return qmodel, {"recipe": "ptq", "calibration_data": calib}
+    return qmodel, {"recipe": "ptq", "calibration_data": calib, "stages": recipe.describe().get("stages", [])}
 
 
 def _verification_audio(calib: str, strict_audio: bool, seconds: float, count: int, seed: int):
@@ -130,6 +132,7 @@ def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_aud
         coverage = summary["xnnpack"] = xnnpack_coverage(out)
         left = ", ".join(f"{k} x{n}" for k, n in sorted(coverage["undelegated"].items())) or "none"
         click.echo(f"  XNNPACK: {coverage['partitions']} partition(s); ops left to the builtin kernels: {left}")
+    click.echo(f"  {_level_line(result.metadata)}")
     if v is not None:
         click.echo(f"  parity with the simulation: every op within {v.op_max_lsb} LSB on the file's own inputs; "
                    f"end to end on {v.runtime}: max {v.max_lsb} LSB, mean {v.mean_lsb:.4f} LSB, SNR {v.snr_db:.1f} dB "
@@ -144,6 +147,21 @@ def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_aud
         from compressor.fileio import write_text_atomic
 
         write_text_atomic(report, json.dumps(summary, indent=2, default=str) + "\n")
+
+
+def _level_line(metadata) -> str:
+    """What the report says about input level: the calibration level and whether the file follows other levels."""
+    stage = metadata.level_stage()
+    spec = metadata.inputs[0]
+    if stage is not None:
+        return (f"level: calibrated at a chunk peak of {stage.target_peak:.3f} ({stage.target_dbfs:.1f} dBFS); "
+                f"the file's level stage scales every chunk to it (gain {stage.min_gain_db:+g} to "
+                f"{stage.max_gain_db:+g} dB) and back, so louder or quieter audio neither clips nor loses resolution")
+    if metadata.splitter:
+        return "level: no level stage; the input is 16-bit PCM split in two int8 channels (full scale)"
+    top = max(abs((spec.qmin - spec.zero_point) * spec.scale), abs((spec.qmax - spec.zero_point) * spec.scale))
+    return (f"level: no level stage; the input clips above {top:.3f} ({20 * math.log10(top):.1f} dBFS) "
+            "peak: louder audio clips the model (re-quantize to get a level stage)")
 
 
 def _write_pipeline(out: Path, target: str, audio, seed: int, wav: bool = False) -> Path:

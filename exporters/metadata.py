@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
+
+if TYPE_CHECKING:
+    from compressor.stages.level import LevelStage
 
 METADATA_KEY = "audio_compress"
 FORMAT_VERSION = 1
@@ -70,6 +73,11 @@ def io_processing(recipe: dict[str, Any] | None) -> tuple[dict[str, Any] | None,
     return splitter, combiner
 
 
+def stages_of(recipe: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The stages around the whole file that the checkpoint's recipe fitted (the level stage), outermost first."""
+    return list((recipe or {}).get("stages", []))
+
+
 @dataclass(frozen=True)
 class DeployMetadata(JsonConfig):
     """The JSON document embedded in every exported file."""
@@ -85,6 +93,9 @@ class DeployMetadata(JsonConfig):
     splitter: dict[str, Any] | None = None
     combiner: dict[str, Any] | None = None
     allowed_float_ops: list[str] = field(default_factory=list)
+    # Stages around the whole file, outermost first (compressor/stages/): e.g. the level gain
+    # applied before the input quantizer and undone after the output. Files without it run as before.
+    stages: list[dict[str, Any]] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
     producer: str = "audio-compress"
 
@@ -106,4 +117,15 @@ class DeployMetadata(JsonConfig):
         data = dict(data)
         data["inputs"] = [TensorSpec.from_dict(t) for t in data.get("inputs", [])]
         data["outputs"] = [TensorSpec.from_dict(t) for t in data.get("outputs", [])]
-        return cls.from_dict(data)
+        meta = cls.from_dict(data)
+        meta.level_stage()  # a broken stage record fails at load, not mid-stream
+        return meta
+
+    def level_stage(self) -> "LevelStage | None":
+        """The level stage this file declares (compressor/stages/level.py), or None."""
+        from compressor.stages.level import level_stage_of
+
+        try:
+            return level_stage_of(self.stages)
+        except ValueError as exc:
+            raise ConfigError(f"embedded {METADATA_KEY} metadata: {exc}") from exc

@@ -1,8 +1,8 @@
 """A pipeline ONNX for apps: int16 PCM in, int16 PCM out, one chunk per run.
 
 The exported QDQ file takes and returns int8/uint8 codes, and the runtimes
-do the rest in numpy: scale the PCM, split it (FQSE), quantize; dequantize,
-combine (FQSE), scale back. An app that only has onnxruntime can instead
+do the rest in numpy: scale the PCM, apply the level gain, split it (FQSE),
+quantize; dequantize, combine (FQSE), undo the gain, scale back. An app that only has onnxruntime can instead
 run this file, which holds that arithmetic as plain ONNX ops around the
 unchanged core graph: Cast, Mul, Floor, Clip, Sub, Concat, QuantizeLinear
 before; DequantizeLinear, Mul, Add, Round, Clip, Cast after. The input is
@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressor.errors import ExportError, ParityError
 from compressor.fileio import atomic_path
+from compressor.stages.level import run_with_gain
 from exporters.io_processing import decode, encode
 from exporters.metadata import METADATA_KEY, DeployMetadata, TensorSpec
 
@@ -127,6 +128,16 @@ def build_wav_pipeline(core: onnx.ModelProto, metadata: DeployMetadata) -> onnx.
     return _wrap(core, metadata, b, x, wav_in, kept)
 
 
+def _level_gain(b: _Builder, x: str, stage) -> str | None:  # noqa: ANN001 - a LevelStage or None
+    """The level stage's gain for the chunk ``x`` as ONNX ops, float32 as compressor/stages/level.py computes it."""
+    if stage is None:
+        return None
+    lo = stage.target_peak / 10.0 ** (stage.max_gain_db / 20.0)
+    hi = stage.target_peak / 10.0 ** (stage.min_gain_db / 20.0)
+    peak = b.op("ReduceMax", [b.op("Abs", [x])], keepdims=1)
+    return b.op("Div", [b.const(stage.target_peak), b.op("Clip", [peak, b.const(lo), b.const(hi)])])
+
+
 def _wrap(core: onnx.ModelProto, metadata: DeployMetadata, b: _Builder, x: str, graph_input: onnx.ValueInfoProto,
           kept: str | None) -> onnx.ModelProto:
     """The core graph between ``b``'s input nodes (float samples ``x``, (1, chunk)) and the int16 output."""
@@ -140,6 +151,9 @@ def _wrap(core: onnx.ModelProto, metadata: DeployMetadata, b: _Builder, x: str, 
         raise ExportError(f"pipeline: the model's input is {spec_in.layout}, not mono audio")
     model = copy.deepcopy(core)
     graph = model.graph
+    gain = _level_gain(b, x, metadata.level_stage())
+    if gain is not None:
+        x = b.op("Mul", [x, gain])
     if metadata.splitter:
         x = _split(b, x)
     b.quantize(x, spec_in, graph.input[0].name)
@@ -152,6 +166,8 @@ def _wrap(core: onnx.ModelProto, metadata: DeployMetadata, b: _Builder, x: str, 
     else:
         y = values[0]
     y = b.op("Reshape", [y, b.const([metadata.num_sources, metadata.chunk_samples], np.int64)])
+    if gain is not None:
+        y = b.op("Div", [y, gain])
     if kept is not None:
         y = b.op("Slice", [y, b.const([0], np.int64), kept, b.const([1], np.int64)])
     pcm = b.op("Clip", [b.op("Round", [b.op("Mul", [y, b.const(PCM_SCALE)])]), b.const(-32768.0), b.const(32767.0)])
@@ -171,7 +187,8 @@ def _wrap(core: onnx.ModelProto, metadata: DeployMetadata, b: _Builder, x: str, 
         **metadata.model, "pipeline": {
             "input": {"name": graph_input.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(in_type.elem_type).name,
                       "shape": [d.dim_value or None for d in in_type.shape.dim]},
-            "output": {"name": PCM_OUT, "dtype": "int16", "shape": out_shape}}}})
+            "output": {"name": PCM_OUT, "dtype": "int16", "shape": out_shape},
+            "stages_inside": True}}})
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
             entry.value = described.to_json()
@@ -257,7 +274,8 @@ def write_pipeline(core_path: str | Path, out: str | Path, chunks: Sequence[np.n
         got = session.run(None, feed)[0]
         audio = np.zeros(meta.chunk_samples, np.float32)
         audio[: pcm.size] = pcm.astype(np.float32) / np.float32(PCM_SCALE)
-        want = to_pcm16(decode(meta, core.run_codes(encode(meta, audio))))[..., : pcm.size]
+        boundary = lambda a: decode(meta, core.run_codes(encode(meta, a)))  # noqa: E731
+        want = to_pcm16(run_with_gain(meta.level_stage(), boundary, audio))[..., : pcm.size]
         if got.shape != want.shape:
             raise ParityError(f"the pipeline around {core_path} returns {got.shape} samples for {want.shape}; "
                               "nothing was written")

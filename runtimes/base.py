@@ -5,6 +5,11 @@ uint8) tensors at its boundary. ``process`` takes int16 or float PCM of any
 length, cuts it into overlapping chunks, quantizes each with the file's
 input qparams, runs it, dequantizes the outputs and overlap-adds them with
 a linear cross-fade, so long audio has no seams at chunk edges.
+
+When the file declares a level stage (compressor/stages/level.py), each
+chunk is scaled to the calibration level before it is quantized and scaled
+back after. Every run counts the boundary codes that sit at the int8 limits
+(``clipping()``), so callers can warn when audio clips the model.
 """
 from __future__ import annotations
 
@@ -13,9 +18,10 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from compressor.errors import DataError
+from compressor.stages.level import LevelStage, run_with_gain
 from exporters.io_processing import decode, encode
+from exporters.metadata import DeployMetadata, TensorSpec
 from runtimes.chunking import overlap_add
-from exporters.metadata import DeployMetadata
 
 DEFAULT_OVERLAP = 0.25  # of a chunk
 
@@ -55,13 +61,51 @@ class Runtime(ABC):
     def chunk_samples(self) -> int:
         return self.metadata.chunk_samples
 
+    @property
+    def level_stage(self) -> LevelStage | None:
+        """The file's level stage (None: the file runs at its inputs' own level)."""
+        if not hasattr(self, "_level_stage"):
+            self._level_stage = self.metadata.level_stage()
+        return self._level_stage
+
     def run_chunk(self, audio: np.ndarray) -> np.ndarray:
         """Exactly ``chunk_samples`` float samples -> (sources, chunk_samples) float.
 
         With FQSE metadata the splitter makes the two int8 input channels and
         the combiner adds the RQB's residual output back (compressor/fqse/io_codec.py).
+        The level stage, when declared, goes around all of it.
         """
-        return decode(self.metadata, self.run_codes(encode(self.metadata, audio)))[:, : audio.shape[-1]]
+        return run_with_gain(self.level_stage, self._run_boundary, np.asarray(audio, np.float32))
+
+    def _run_boundary(self, audio: np.ndarray) -> np.ndarray:
+        codes = encode(self.metadata, audio)
+        outputs = self.run_codes(codes)
+        self._count_clipping("input", self.metadata.inputs[0], codes, split=bool(self.metadata.splitter))
+        for spec, out in zip(self.metadata.outputs, outputs):
+            self._count_clipping("output", spec, out)
+        return decode(self.metadata, outputs)[:, : audio.shape[-1]]
+
+    def _count_clipping(self, where: str, spec: TensorSpec, codes: np.ndarray, split: bool = False) -> None:
+        codes = np.asarray(codes)
+        if split:  # FQSE: the high byte at its limits is 16-bit full scale; the low byte never clips
+            codes = codes.reshape(-1, 2, codes.shape[-1])[:, 0]
+        at_limit = int(np.count_nonzero((codes <= spec.qmin) | (codes >= spec.qmax)))
+        stats = self.clip_counts()
+        stats[where][0] += at_limit
+        stats[where][1] += int(codes.size)
+
+    def clip_counts(self) -> dict[str, list[int]]:
+        """{"input"|"output": [codes at the int8 limits, codes seen]} since the last ``reset_clipping``."""
+        if not hasattr(self, "_clip_counts"):
+            self._clip_counts = {"input": [0, 0], "output": [0, 0]}
+        return self._clip_counts
+
+    def clipping(self) -> dict[str, float]:
+        """Fraction of input and of output codes at the int8 limits since the last ``reset_clipping``."""
+        return {k: (hit / seen if seen else 0.0) for k, (hit, seen) in self.clip_counts().items()}
+
+    def reset_clipping(self) -> None:
+        self._clip_counts = {"input": [0, 0], "output": [0, 0]}
 
     def process(self, pcm: np.ndarray, overlap: float = DEFAULT_OVERLAP) -> np.ndarray:
         """Audio of any length -> (sources, time) float32 (``(time,)`` for one source)."""

@@ -1,4 +1,10 @@
-"""``compress run``: enhance (or separate) a WAV file with any model file."""
+"""``compress run``: enhance (or separate) a WAV file with any model file.
+
+An int8 model's input and output ranges are fixed at calibration; audio
+louder than that clips silently. After processing, the runtime's boundary
+clipping counts are checked and one warning line goes to stderr when more
+than 0.1 % of the input or output codes sat at the int8 limits.
+"""
 from __future__ import annotations
 
 import time
@@ -9,7 +15,8 @@ import click
 from compressor.cli.common import handle_errors, setup_logging
 from compressor.data.audio import read_audio, write_audio
 from compressor.errors import DataError
-from runtimes import load
+from compressor.quant.clipping import CLIP_WARN_FRACTION
+from runtimes import Runtime, load
 from runtimes.quality import frontend_of, predict_quality
 
 
@@ -48,6 +55,7 @@ def run_cmd(model, input_wav, output_wav, threads, strict_audio, overlap, no_xnn
         raise DataError(f"audio file {input_wav} is empty (0 samples)")
     if frontend_of(runtime) is not None:
         _print_quality(runtime, audio, input_wav)
+        _warn_clipping(runtime, model)
         return
     if output_wav is None:
         raise click.UsageError("OUTPUT_WAV is required for an audio-to-audio model")
@@ -58,6 +66,17 @@ def run_cmd(model, input_wav, output_wav, threads, strict_audio, overlap, no_xnn
     duration = audio.shape[-1] / runtime.sample_rate
     click.echo(f"wrote {output_wav}: {duration:.2f} s of audio in {seconds:.2f} s on {runtime.name} "
                f"(real-time factor {seconds / duration:.3f})")
+    _warn_clipping(runtime, model)
+
+
+def _warn_clipping(runtime: Runtime, model: Path) -> None:
+    """One stderr line when more than 0.1 % of the boundary int8 codes clipped; nothing otherwise."""
+    fraction = runtime.clipping()
+    if max(fraction.values(), default=0.0) <= CLIP_WARN_FRACTION:
+        return
+    click.echo(f"warning: {model}: {fraction['input']:.2%} of the input and {fraction['output']:.2%} of the output "
+               f"samples clipped at the int8 limits: the audio is louder than the model's calibration level; "
+               f"re-export the model with a level stage (README 'Clipping' and 'Level')", err=True)
 
 
 def _print_quality(runtime, audio, input_wav: Path) -> None:

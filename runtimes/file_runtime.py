@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compressor.stages.level import run_with_gain
 from exporters.pipeline_onnx import PCM_SCALE, to_pcm16, wav_bytes
 from exporters.sessions import open_session
 from runtimes.base import Runtime
@@ -33,6 +34,11 @@ class FileRuntime(Runtime):
     def run_chunk(self, audio: np.ndarray) -> np.ndarray:
         if not self.pipeline:
             return super().run_chunk(audio)
+        if self.metadata.model["pipeline"].get("stages_inside"):
+            return self._run_pipeline(np.asarray(audio, np.float32))
+        return run_with_gain(self.level_stage, self._run_pipeline, np.asarray(audio, np.float32))
+
+    def _run_pipeline(self, audio: np.ndarray) -> np.ndarray:
         pcm16 = to_pcm16(audio).reshape(1, -1)
         pcm = self.run_codes(wav_bytes(pcm16, self.metadata.sample_rate) if self.wav_in else pcm16)[0]
         return (pcm.astype(np.float32) / np.float32(PCM_SCALE))[:, : audio.shape[-1]]

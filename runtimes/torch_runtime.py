@@ -9,7 +9,7 @@ import torch
 from compressor.checkpoint import load_model
 from exporters.api import ExportConfig, deploy_metadata
 from exporters.lowering import lower
-from exporters.metadata import DeployMetadata, TensorSpec, io_processing
+from exporters.metadata import DeployMetadata, TensorSpec, io_processing, stages_of
 from runtimes.base import Runtime
 
 
@@ -35,7 +35,8 @@ class TorchRuntime(Runtime):
         if self.quantized:
             splitter, combiner = io_processing(loaded.recipe)
             self.metadata = deploy_metadata(self.model, lower(self.model, int8_io=True), cfg,
-                                            {"path": str(path), "splitter": splitter, "combiner": combiner})
+                                            {"path": str(path), "splitter": splitter, "combiner": combiner,
+                                             "stages": stages_of(loaded.recipe)})
         else:
             chunk = cfg.chunk_samples
             with torch.no_grad():

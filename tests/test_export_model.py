@@ -323,7 +323,7 @@ def test_fqse_model_exports_and_runs_with_splitter_and_combiner(tmp_path):
     from compressor.data import open_dataset
     from compressor.recipes import RecipeContext, get_recipe
     from compressor.zoo import build_model
-    from exporters.metadata import io_processing
+    from exporters.metadata import io_processing, stages_of
 
     torch.manual_seed(0)
     recipe = get_recipe("fqse").from_options({"steps": 2, "batch_size": 2, "calib_batches": 2,
@@ -340,19 +340,22 @@ def test_fqse_model_exports_and_runs_with_splitter_and_combiner(tmp_path):
     for target in ("onnx", "tflite"):
         cfg = ExportConfig(target=target, chunk_seconds=0.25, tolerance_lsb=1)
         result = export(qmodel, target, tmp_path / f"fqse.{target}", config=cfg, calibration=_audio(),
-                        model_info={"splitter": splitter, "combiner": combiner})
+                        model_info={"splitter": splitter, "combiner": combiner,
+                                    "stages": stages_of(recipe.describe())})
         meta = result.metadata
         assert result.ops["float_op_count"] == 0 and len(meta.outputs) == 2
         assert meta.inputs[0].layout == "batch,split,time" and meta.splitter == splitter
         rt = runtimes.load(result.path)
-        # one chunk by hand: split -> the file's two int8 inputs -> its two int8 outputs -> combine
+        # one chunk by hand: level gain -> split -> the file's two int8 inputs -> its two int8 outputs
+        # -> combine -> gain undone
         from compressor.fqse.io_codec import combine, split
 
         chunk = audio[: meta.chunk_samples]
-        codes = meta.inputs[0].quantize(split(chunk[None], np, axis=-2).reshape(meta.inputs[0].shape))
+        gain = rt.level_stage.gain(chunk)
+        codes = meta.inputs[0].quantize(split((chunk * gain)[None], np, axis=-2).reshape(meta.inputs[0].shape))
         y_o, eps = rt.run_codes(codes)
         manual = combine(meta.outputs[0].dequantize(y_o), meta.outputs[1].dequantize(eps), combiner["gain"])
-        assert np.array_equal(rt.run_chunk(chunk), manual.reshape(1, -1))
+        assert np.array_equal(rt.run_chunk(chunk), manual.reshape(1, -1) / gain)
         # any length: the deployed output follows the simulation's (the runtimes' requantization
         # differs by an LSB here and there, which a few layers amplify; see README)
         got = rt.process(audio)

@@ -9,10 +9,13 @@ import torch
 from compressor.cli.common import data_option, eval_set, handle_errors, load, set_threads, setup_logging, write_json
 from compressor.evaluation import evaluate
 from compressor.fileio import write_text_atomic
+from compressor.quant.clipping import ClippingMonitor, ClippingReport
 from compressor.recipes import inference_model
 from compressor.reporting import markdown_table, model_entry
 from compressor.sweep import plot_sweep, sweep_points, sweep_report, sweep_table
 from compressor.sweep import snr_sweep as snr_sweep_of
+
+CLIPPING_ROWS = 15  # --clipping prints this many quantizers (the worst), plus the input and output
 
 
 @click.command("eval")
@@ -35,19 +38,27 @@ from compressor.sweep import snr_sweep as snr_sweep_of
 @click.option("--task", type=click.Choice(["enhancement", "quality"]), default="enhancement", show_default=True,
               help="quality: speech-quality predictors (bam recipe): test MSE and Pearson correlation against "
                    "PESQ-WB labels; --data is a quality split (.npz, default runs/bam_data/test.npz).")
+@click.option("--clipping", is_flag=True,
+              help="Quantized MODELS: per activation quantizer, the fraction of values beyond its int8 range and "
+                   "its SQNR, measured on the eval data during the simulated pass. Prints the worst "
+                   f"{CLIPPING_ROWS} (and the input and output); --json/--md get every quantizer.")
 @click.option("--threads", type=int)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle, max_items, json_out, md_out,
-             snr_sweep, sweep_range, plot_out, task, threads, verbose):
+             snr_sweep, sweep_range, plot_out, task, clipping, threads, verbose):
     """SI-SNR, SI-SNRi, SDR and STOI of MODELS, overall and by input SNR
     (low < 2 dB, mid 2-10 dB, high > 10 dB).
 
     A quantized checkpoint is evaluated twice: simulated (every tensor
     quantized) and with its quantizers off ("float weights"), side by side.
+    With --clipping, the simulated pass also measures which int8 activations
+    clip on this data (louder audio than the calibration level clips).
     """
     setup_logging(verbose)
     set_threads(threads)
+    if clipping and task != "enhancement":
+        raise click.UsageError("--clipping works with --task enhancement only")
     if task == "quality":
         _eval_quality(models, data, model_factory, trust_pickle, max_items, json_out, md_out)
         return
@@ -63,18 +74,27 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
     sweep = snr_sweep or plot_out is not None
     curves: dict[str, list[float]] = {}
     snrs = sweep_points(*sweep_range) if sweep else []
+    clip_reports: dict[str, ClippingReport] = {}
     for path in models:
         loaded = load(path, model_factory, trust_pickle)
         model = inference_model(loaded)  # e.g. FQSE: splitter -> int8 graph -> combiner
         if loaded.quantized:
             name = f"{path.stem} (simulated int{loaded.model.config.activation_bits})"
-            results.append((name, evaluate(model, dataset, desc=path.stem, max_items=max_items)))
+            if clipping:  # hooks on the quantizers during the simulated pass: the data runs once
+                with ClippingMonitor(model) as monitor:
+                    results.append((name, evaluate(model, dataset, desc=path.stem, max_items=max_items)))
+                clip_reports[path.stem] = monitor.report()
+            else:
+                results.append((name, evaluate(model, dataset, desc=path.stem, max_items=max_items)))
             if sweep:
                 curves[name] = snr_sweep_of(model, dataset, snrs, max_items=max_items, desc=f"sweep {path.stem}")
             loaded.model.set_mode("float")
             results.append((f"{path.stem} (quantizers off)",
                             evaluate(model, dataset, desc=f"{path.stem} float", max_items=max_items)))
         else:
+            if clipping:
+                click.echo(f"note: --clipping: {path} is a float model; it has no int8 ranges, nothing to report",
+                           err=True)
             summary = evaluate(model, dataset, desc=path.stem, max_items=max_items)
             ref_summary = ref_summary or summary
             results.append((path.stem, summary))
@@ -94,13 +114,21 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
         if plot_out:
             plot_sweep(snrs, ordered, plot_out, title=f"SI-SNR vs input SNR ({data})")
             click.echo(f"wrote {plot_out}")
+    clip_md = ""
+    for stem, report in clip_reports.items():
+        click.echo(f"\n## Clipping: {stem} (worst {CLIPPING_ROWS} by clipped fraction, input and output)\n")
+        click.echo(report.markdown(report.worst(CLIPPING_ROWS)))
+        click.echo(f"{stem}: {report.summary()}")
+        clip_md += f"\n## Clipping: {stem}\n\n{report.summary()}\n\n{report.markdown()}"
     if json_out:
         payload = {"data": data, "models": entries}
         if sweep:
             payload["snr_sweep"] = sweep_report(snrs, curves)
+        if clipping:
+            payload["clipping"] = {stem: report.to_dict() for stem, report in clip_reports.items()}
         write_json(json_out, payload)
     if md_out:
-        write_text_atomic(md_out, f"# Evaluation on {data}\n\n{table}{sweep_md}")
+        write_text_atomic(md_out, f"# Evaluation on {data}\n\n{table}{sweep_md}{clip_md}")
 
 
 def _eval_quality(models, data, model_factory, trust_pickle, max_items, json_out, md_out) -> None:

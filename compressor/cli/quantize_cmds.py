@@ -16,6 +16,11 @@ from compressor.recipes.base import example_input
 from compressor.training import distributed
 
 
+def _level_options(no_level_stage, level_aug, tilt_aug) -> dict:
+    """The level switches as recipe options; None where not given (recipes without them refuse set ones)."""
+    return dict(level_stage=False if no_level_stage else None, level_aug_db=level_aug, tilt_aug=tilt_aug)
+
+
 def _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
          segment_seconds, out, run_dir, resume, seed):
     recipe_cls = get_recipe(recipe_name)
@@ -54,6 +59,14 @@ def _common(func):
         click.option("--weight-bits", type=click.IntRange(2, 8), help="Weight bits (default 8; 7 for onnxruntime on x86 without VNNI)."),
         click.option("--activation-bits", type=click.IntRange(2, 8), help="Activation bits, input and output included (default 8)."),
         click.option("--seed", default=0, show_default=True),
+        click.option("--no-level-stage", is_flag=True,
+                     help="No level stage: the file runs at the input's own level (default: every chunk is scaled "
+                          "to the calibration level before the int8 model and back after it, so loud audio does "
+                          "not clip and quiet audio keeps its resolution; README 'Level')."),
+        click.option("--level-aug", type=click.FloatRange(0, 60), metavar="DB",
+                     help="Random gain of +-DB on each training/calibration item (default 0)."),
+        click.option("--tilt-aug", is_flag=True, default=None,
+                     help="Random spectral tilt (white to brown and blue) of each training/calibration item's noise."),
         click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Quantized checkpoint to write."),
         click.option("--threads", type=int, help="torch threads (default: all cores)."),
         click.option("-v", "--verbose", is_flag=True),
@@ -101,7 +114,7 @@ def _common(func):
 @click.option("--binary-weights", is_flag=True, default=None, help="bam: conv weights binary too (sign times a scale).")
 @handle_errors
 def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
-            seed, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
+            seed, no_level_stage, level_aug, tilt_aug, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
             distill, run_dir, resume, no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
             splitter_init, split_encoder, tight_split_range, rqb_init, epochs, beta, binary_weights):
     """Quantization-aware training of MODEL into a fully quantized model.
@@ -116,6 +129,7 @@ def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, 
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, steps=steps, batch_size=batch_size,
                    lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every, distill=distill,
                    epochs=epochs, beta=beta, binary_weights=binary_weights or None)
+    options.update(_level_options(no_level_stage, level_aug, tilt_aug))
     options.update(_fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
                                  splitter_init, rqb_init, split_encoder, tight_split_range))
     _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
@@ -150,11 +164,12 @@ def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, o
 @click.option("--batch-size", default=4, show_default=True)
 @handle_errors
 def ptq_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
-            seed, out, threads, verbose, calibration, calib_batches, batch_size):
+            seed, no_level_stage, level_aug, tilt_aug, out, threads, verbose, calibration, calib_batches, batch_size):
     """Post-training quantization of MODEL: calibrate ranges on data, no retraining."""
     setup_logging(verbose)
     set_threads(threads)
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, calibration=calibration,
                    calib_batches=calib_batches, batch_size=batch_size)
+    options.update(_level_options(no_level_stage, level_aug, tilt_aug))
     _run(model, model_factory, trust_pickle, "ptq", options, data, strict_audio, valid_data,
          segment_seconds, out, None, False, seed)

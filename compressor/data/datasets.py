@@ -331,6 +331,7 @@ class MixingDataset(_AudioDataset):
 
 LAYOUTS = """accepted layouts:
   "demo" or "demo:train|valid|test"     the embedded demo set (examples/demo_data)
+  "robustness"                          held-out voices and noises at -45..-10 dBFS (examples/robustness_data)
   a LibriMix metadata csv               mixture_{split}_{mix_clean|mix_both|mix_single}.csv
   a LibriMix folder                     holding metadata/mixture_*_*.csv
   a paired folder                       with noisy/ and clean/ subfolders (files matched by name)
@@ -358,6 +359,10 @@ def _open_dataset(path_or_name: str | os.PathLike, **kw) -> Dataset:
         split = name.partition(":")[2] or kw.pop("split", "train")
         kw.pop("split", None)
         return demo_dataset(split, **kw)
+    if name == "robustness":  # held-out voices/noises at -45..-10 dBFS (compressor/data/robustness.py)
+        from compressor.data.robustness import RobustnessSet
+
+        return RobustnessSet(**kw)
     path = Path(path_or_name)
     if not path.exists():
         raise DataError(f"dataset not found: {path}\n{LAYOUTS}")

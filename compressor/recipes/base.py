@@ -33,6 +33,8 @@ class Recipe:
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
+        # pre/post-processing stages run() fitted (recipes/level.py), recorded with the checkpoint
+        self.stages: list[dict[str, Any]] = []
         if not isinstance(self.config, self.Config):
             raise RecipeError(f"recipe {self.name} takes a {self.Config.__name__}, got {type(self.config).__name__}")
 
@@ -47,7 +49,10 @@ class Recipe:
 
     def describe(self) -> dict[str, Any]:
         """What goes into the checkpoint's 'recipe' field."""
-        return {"name": self.name, "config": self.config.to_dict()}
+        described: dict[str, Any] = {"name": self.name, "config": self.config.to_dict()}
+        if self.stages:
+            described["stages"] = list(self.stages)
+        return described
 
     def run(self, ctx: RecipeContext) -> nn.Module:
         raise NotImplementedError

@@ -28,7 +28,10 @@ from compressor.fqse.model import fit_rqb_encoder
 from compressor.quant import QuantizedModel, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
-from compressor.recipes.vanilla import QATConfig, qat_objective, quantizer_param_groups, teacher_copy
+from compressor.recipes.level import stage_records
+from compressor.recipes.vanilla import QATConfig, level_setup, qat_objective, quantizer_param_groups, teacher_copy
+from compressor.stages.level import LevelStage
+from compressor.stages.level_model import LevelGainModel, at_level
 from compressor.training import train
 from compressor.zoo import ConvTasNet
 
@@ -95,34 +98,38 @@ class FQSE(Recipe):
         self.rqb_scale: float | None = None  # the factor fit_rqb_scale chose, for reports
         self.split_range: tuple[float, float] | None = None  # the high byte's range after tightening
 
-    def prepare(self, ctx: RecipeContext) -> FQSEPipeline:
-        """Build the core, quantize it, calibrate it (LSQ init) and pin its I/O quantizers."""
+    def prepare(self, ctx: RecipeContext, stage: LevelStage | None = None) -> FQSEPipeline:
+        """Build the core, quantize it, calibrate it (LSQ init; through the level stage) and pin its I/O quantizers."""
         cfg = self.config
         io = cfg.io()
         core = build_core(ctx.float_model, cfg)
         pipeline = FQSEPipeline(core, io)
-        if core.config.rqb and cfg.rqb_init == "fit":
+
+        def calibration_inputs() -> Iterator[torch.Tensor]:
             batches = calibration_batches(ctx.train_set, cfg.calib_batches, cfg.batch_size, cfg.seed)
-            fit_rqb_encoder(core.eval(), _core_inputs(pipeline, batches))
+            return _core_inputs(pipeline, at_level(batches, stage) if stage else batches)
+
+        if core.config.rqb and cfg.rqb_init == "fit":
+            fit_rqb_encoder(core.eval(), calibration_inputs())
         example = pipeline.core_input(example_input(ctx.train_set))
         # Saved as a torch.export program: the checkpoint rebuilds this exact
         # graph, and quantizing the program (not the module) keeps the names equal.
         self._arch = ArchSpec.from_program(core, (example,))
         qmodel = quantize(self._arch.build(), example, cfg.quant_config())
-        batches = calibration_batches(ctx.train_set, cfg.calib_batches, cfg.batch_size, cfg.seed)
-        calibrate(qmodel, _core_inputs(pipeline, batches), "minmax", progress=ctx.progress)
+        calibrate(qmodel, calibration_inputs(), "minmax", progress=ctx.progress)
         apply_io(qmodel, io)
         if io.splitter and cfg.tight_split_range:
             self.split_range = tighten_split_encoder_range(qmodel)
         if io.rqb and cfg.rqb_scale_fit:
-            batches = calibration_batches(ctx.train_set, cfg.calib_batches, cfg.batch_size, cfg.seed)
-            self.rqb_scale = fit_rqb_scale(qmodel, io, _core_inputs(pipeline, batches))
+            self.rqb_scale = fit_rqb_scale(qmodel, io, calibration_inputs())
         return FQSEPipeline(qmodel, io)
 
     def run(self, ctx: RecipeContext, on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> QuantizedModel:
         cfg = self.config
         teacher = teacher_copy(ctx.float_model, cfg)  # the splitter/RQB core shares the float model's modules
-        pipeline = self.prepare(ctx)
+        ctx, stage = level_setup(ctx, cfg)
+        self.stages = stage_records(stage)
+        pipeline = self.prepare(ctx, stage)
         qmodel = pipeline.core
         train_set = ctx.train_set
         if cfg.snr_aug:
@@ -134,7 +141,8 @@ class FQSE(Recipe):
             if on_checkpoint is not None:
                 on_checkpoint(step, qmodel)  # the core is what a checkpoint holds
 
-        train(pipeline, train_set, ctx.valid_set, loss_fn, cfg.train_config(), ctx.out_dir,
+        trained = LevelGainModel(pipeline, stage) if stage else pipeline
+        train(trained, train_set, ctx.valid_set, loss_fn, cfg.train_config(), ctx.out_dir,
               resume=ctx.resume, param_groups=groups, on_checkpoint=checkpoint, progress=ctx.progress)
         if cfg.leaky_grid:
             snap_leaky_relu_grids(qmodel)

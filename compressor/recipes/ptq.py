@@ -10,6 +10,8 @@ from compressor.errors import ConfigError
 from compressor.quant import QuantConfig, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
+from compressor.recipes.level import augmented, fit_level_stage, pin_input_range, stage_records
+from compressor.stages.level_model import at_level
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,10 @@ class PTQConfig(JsonConfig):
     seed: int = 0
     # One-slope PReLUs on grids where XNNPACK's LEAKY_RELU is exact (quant/leaky_grid.py).
     leaky_grid: bool = True
+    # Level stage (stages/level.py): calibrate at, and deploy with, one input level (recipes/level.py).
+    level_stage: bool = True
+    level_aug_db: float = 0.0  # +- dB of random gain on the calibration items
+    tilt_aug: bool = False  # random spectral tilt of the calibration items' noise
 
     def __post_init__(self) -> None:
         if self.calib_batches < 1 or self.batch_size < 1:
@@ -40,9 +46,13 @@ class PTQ(Recipe):
 
     def run(self, ctx: RecipeContext) -> nn.Module:
         cfg = self.config
-        qmodel = quantize(ctx.float_model, example_input(ctx.train_set), cfg.quant_config())
-        batches = calibration_batches(ctx.train_set, cfg.calib_batches, cfg.batch_size, cfg.seed)
-        calibrate(qmodel, batches, cfg.calibration, progress=ctx.progress)
+        train_set = augmented(ctx.train_set, cfg)
+        qmodel = quantize(ctx.float_model, example_input(train_set), cfg.quant_config())
+        batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
+        stage = fit_level_stage(batches, cfg.level_stage)
+        self.stages = stage_records(stage)
+        calibrate(qmodel, at_level(batches, stage) if stage else batches, cfg.calibration, progress=ctx.progress)
+        pin_input_range(qmodel, stage)
         if cfg.leaky_grid:
             snap_leaky_relu_grids(qmodel)
         return qmodel

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -14,6 +15,9 @@ from compressor.losses import neg_si_snr_loss
 from compressor.quant import QuantConfig, QuantizedModel, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
+from compressor.recipes.level import augmented, fit_level_stage, pin_input_range, stage_records
+from compressor.stages.level import LevelStage
+from compressor.stages.level_model import LevelGainModel, at_level
 from compressor.training import TrainConfig, train
 from compressor.training.distillation import TeacherTargets, distillation_loss
 
@@ -42,6 +46,10 @@ class QATConfig(JsonConfig):
     # the demo's LiteRT files went from 30.5-31.6 to 37.7-39.6 dB SNR against the simulation
     # (benchmarks/results/export_parity.md).
     leaky_grid: bool = True
+    # Level stage (stages/level.py): QAT at, and deployment with, one input level (recipes/level.py).
+    level_stage: bool = True
+    level_aug_db: float = 0.0  # +- dB of random gain on the training items
+    tilt_aug: bool = False  # random spectral tilt of the training items' noise
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
@@ -53,11 +61,20 @@ class QATConfig(JsonConfig):
                            seed=self.seed, lr_schedule=self.lr_schedule, log_every=10)
 
 
-def prepare_qat_model(ctx: RecipeContext, config: QATConfig) -> QuantizedModel:
-    """quantize() + min/max calibration, which initialises the LSQ step sizes."""
+def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage | None = None) -> QuantizedModel:
+    """quantize() + min/max calibration (through the level stage, if any), which initialises the LSQ step sizes."""
     qmodel = quantize(ctx.float_model, example_input(ctx.train_set), config.quant_config())
     batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
-    return calibrate(qmodel, batches, "minmax", progress=ctx.progress)
+    calibrate(qmodel, at_level(batches, stage) if stage else batches, "minmax", progress=ctx.progress)
+    pin_input_range(qmodel, stage)
+    return qmodel
+
+
+def level_setup(ctx: RecipeContext, config: QATConfig) -> tuple[RecipeContext, LevelStage | None]:
+    """The context with the augmented training set, and the level stage fitted on its calibration batches."""
+    ctx = dataclasses.replace(ctx, train_set=augmented(ctx.train_set, config))
+    batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
+    return ctx, fit_level_stage(batches, config.level_stage)
 
 
 def quantizer_param_groups(qmodel: QuantizedModel, relative_lr: float, zero_point_lr: float) -> list[dict[str, Any]]:
@@ -94,12 +111,21 @@ def teacher_copy(float_model: nn.Module, config: QATConfig) -> nn.Module | None:
 
 def run_qat(qmodel: QuantizedModel, ctx: RecipeContext, config: QATConfig,
             on_checkpoint: Callable[[int, nn.Module], None] | None = None,
-            teacher: nn.Module | None = None) -> QuantizedModel:
-    """Retrain all weights and LSQ step sizes/zero-points with negative SI-SNR (and distillation)."""
+            teacher: nn.Module | None = None, stage: LevelStage | None = None) -> QuantizedModel:
+    """Retrain all weights and LSQ step sizes/zero-points with negative SI-SNR (and distillation).
+
+    With a level stage the model trains behind it, as it will be deployed.
+    """
     groups = quantizer_param_groups(qmodel, config.quantizer_lr, config.zero_point_lr)
     train_set, loss_fn = qat_objective(teacher, ctx.train_set, config)
-    train(qmodel, train_set, ctx.valid_set, loss_fn, config.train_config(), ctx.out_dir,
-          resume=ctx.resume, param_groups=groups, on_checkpoint=on_checkpoint, progress=ctx.progress)
+    trained = LevelGainModel(qmodel, stage) if stage else qmodel
+
+    def checkpoint(step: int, _: nn.Module) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint(step, qmodel)  # the quantized model is what a checkpoint holds
+
+    train(trained, train_set, ctx.valid_set, loss_fn, config.train_config(), ctx.out_dir,
+          resume=ctx.resume, param_groups=groups, on_checkpoint=checkpoint, progress=ctx.progress)
     if config.leaky_grid:
         snap_leaky_relu_grids(qmodel)
     return qmodel
@@ -113,8 +139,10 @@ class VanillaQAT(Recipe):
 
     def run(self, ctx: RecipeContext, on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
         teacher = teacher_copy(ctx.float_model, self.config)
-        qmodel = prepare_qat_model(ctx, self.config)
-        return run_qat(qmodel, ctx, self.config, on_checkpoint, teacher)
+        ctx, stage = level_setup(ctx, self.config)
+        self.stages = stage_records(stage)
+        qmodel = prepare_qat_model(ctx, self.config, stage)
+        return run_qat(qmodel, ctx, self.config, on_checkpoint, teacher, stage)
 
 
-__all__ = ["QATConfig", "VanillaQAT", "prepare_qat_model", "qat_objective", "run_qat", "teacher_copy"]
+__all__ = ["QATConfig", "VanillaQAT", "level_setup", "prepare_qat_model", "qat_objective", "run_qat", "teacher_copy"]

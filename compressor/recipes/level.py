@@ -1,0 +1,74 @@
+"""What every audio recipe does about input level: augmentation, and the level stage it fits.
+
+The level stage (compressor/stages/level.py) is fitted here: its target is
+the median peak of the calibration items, the level the float model was
+trained and the quantizers are calibrated at. From then on calibration and
+QAT see each item through the stage, as the deployed file will, and the
+checkpoint's recipe record carries the stage (``stages``) to the exporters.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from compressor.data.augment import LevelAugmented, TiltAugmented
+from compressor.errors import RecipeError
+from compressor.stages.level import LevelStage, level_stage_of
+from compressor.stages.level_model import target_peak_of
+
+
+def augmented(train_set: Dataset, cfg: Any) -> Dataset:
+    """``train_set`` with the config's level (``level_aug_db``: +-dB) and tilt (``tilt_aug``) augmentation."""
+    if cfg.level_aug_db < 0:
+        raise RecipeError(f"level_aug_db must be >= 0 (a +- range in dB), got {cfg.level_aug_db}")
+    if cfg.tilt_aug:
+        train_set = TiltAugmented(train_set, seed=cfg.seed)
+    if cfg.level_aug_db > 0:
+        train_set = LevelAugmented(train_set, (-cfg.level_aug_db, cfg.level_aug_db), seed=cfg.seed)
+    return train_set
+
+
+def fit_level_stage(batches: Any, enabled: bool) -> LevelStage | None:
+    """The stage for a model calibrated on ``batches`` (None when the recipe runs without one)."""
+    if not enabled:
+        return None
+    try:
+        return LevelStage(target_peak=target_peak_of(batches))
+    except ValueError as exc:
+        raise RecipeError(f"level stage: {exc}") from exc
+
+
+def pin_input_range(qmodel: Any, stage: LevelStage | None) -> None:
+    """Behind the stage no chunk peaks above ``target_peak``: the input grid covers exactly +-target_peak.
+
+    Scale target/126 with zero-point 0: the peak lands on code +-126, nothing
+    clips, and no code is spent on values the stage never lets through (a
+    calibrated range clips the top samples or wastes codes). One code is kept
+    free at each end so that "codes at the int8 limits" counts real clipping.
+    """
+    if stage is None:
+        return
+    from compressor.fqse.io_config import io_quantizers
+
+    inputs, _ = io_quantizers(qmodel)
+    quantizer = qmodel.quantizers()[inputs[0]]
+    with torch.no_grad():
+        quantizer.scale.copy_(torch.tensor(stage.target_peak / (quantizer.qmax - 1)))
+        quantizer.zero_point.zero_()
+
+
+def stage_records(stage: LevelStage | None) -> list[dict[str, Any]]:
+    return [stage.to_dict()] if stage is not None else []
+
+
+def recorded_stage(recipe_info: dict[str, Any] | None) -> LevelStage | None:
+    """The level stage a checkpoint's recipe record declares, or None (checkpoints before it: None)."""
+    try:
+        return level_stage_of((recipe_info or {}).get("stages"))
+    except ValueError as exc:
+        raise RecipeError(f"the checkpoint's recipe record: {exc}") from exc
+
+
+__all__ = ["augmented", "fit_level_stage", "pin_input_range", "recorded_stage", "stage_records"]
