@@ -177,7 +177,7 @@ def bench_one(path: Path, name: str, config: BenchConfig, quality: _QualityCache
     entry.update(_latency_fields(latency))
     entry["quality"], entry["rows"], entry["clipping"] = quality(path, name) if quality else (None, [], None)
     clipped = entry["clipping"] or {}
-    if max(clipped.values(), default=0.0) > CLIP_WARN_FRACTION:
+    if max(clipped.get("input", 0.0), clipped.get("output", 0.0)) > CLIP_WARN_FRACTION:
         log.warning("%s: %.2f%% of the input and %.2f%% of the output int8 codes clipped during the quality run: "
                     "the audio is louder than the model's calibration level (README 'Clipping')", name,
                     100 * clipped["input"], 100 * clipped["output"])

@@ -13,7 +13,9 @@ in the same chunks, so the differences are the quantization's alone. Writes
 SI-SNR against level, and its difference to float against level.
 
 Clipping is counted at each file's int8 boundary (``Runtime.clip_counts``):
-the fraction of input and of output codes at the int8 limits.
+the fraction of input and of output codes at the int8 limits (an FQSE file's
+RQB residual output apart: at its limits the refinement is partial, the
+output does not clip).
 """
 from __future__ import annotations
 
@@ -40,14 +42,14 @@ def run_model(path: str | Path, dataset: Any, threads: int | None, progress: boo
     for index in tqdm(range(len(dataset)), desc=Path(path).name, disable=not progress, leave=False):
         item = dataset[index]
         clean = item["sources"].numpy().sum(axis=0)
-        before = {k: list(v) for k, v in runtime.clip_counts().items()}
+        before = {k: list(runtime.clip_counts().get(k, [0, 0])) for k in ("input", "output", "residual")}
         estimate = runtime.process(item["mixture"].numpy())
-        after = runtime.clip_counts()
+        after = {k: runtime.clip_counts().get(k, [0, 0]) for k in ("input", "output", "residual")}
         rows.append({
             "id": item["id"], "level_dbfs": float(item["level_dbfs"]), "condition": item["condition"],
             "snr_db": float(item["snr_db"]), "si_snr": float(si_snr_np(estimate, clean)),
-            **{f"{k}_clipped": after[k][0] - before[k][0] for k in ("input", "output")},
-            **{f"{k}_codes": after[k][1] - before[k][1] for k in ("input", "output")},
+            **{f"{k}_clipped": after[k][0] - before[k][0] for k in ("input", "output", "residual")},
+            **{f"{k}_codes": after[k][1] - before[k][1] for k in ("input", "output", "residual")},
         })
     return rows
 
@@ -66,11 +68,13 @@ def summarize(rows: list[dict[str, Any]], reference: list[dict[str, Any]] | None
         out: dict[str, dict[str, float]] = {}
         for value in sorted({r[key] for r in rows}, key=lambda v: (isinstance(v, str), v)):
             chosen = [r for r in rows if r[key] == value]
-            codes = {k: sum(r[f"{k}_codes"] for r in chosen) for k in ("input", "output")}
+            codes = {k: sum(r.get(f"{k}_codes", 0) for r in chosen) for k in ("input", "output", "residual")}
             out[str(value)] = {
                 "si_snr": _mean([r["si_snr"] for r in chosen]), "delta": _mean([r["delta"] for r in chosen]),
                 "input_clipping": sum(r["input_clipped"] for r in chosen) / codes["input"] if codes["input"] else 0.0,
                 "output_clipping": sum(r["output_clipped"] for r in chosen) / codes["output"] if codes["output"] else 0.0,
+                "residual_clipping": (sum(r.get("residual_clipped", 0) for r in chosen) / codes["residual"]
+                                      if codes["residual"] else None),
                 "items": len(chosen),
             }
         return out
@@ -88,6 +92,8 @@ def summarize(rows: list[dict[str, Any]], reference: list[dict[str, Any]] | None
         "worst_cell_delta": min(_mean(v) for v in cells.values()),
         "max_input_clipping": max(v["input_clipping"] for v in all_groups),
         "max_output_clipping": max(v["output_clipping"] for v in all_groups),
+        "max_residual_clipping": max((v["residual_clipping"] for v in all_groups
+                                      if v["residual_clipping"] is not None), default=None),
     }
 
 
@@ -118,13 +124,14 @@ def markdown(results: dict[str, Any]) -> str:
         s = m["summary"] if "summary" in m else m
         lines.append(f"| {name} | " + " | ".join(f"{s['per_level'][k]['si_snr']:.2f}" for k in levels) + " |")
     lines += ["", "## Boundary clipping (% of int8 codes at the limits; worst level or condition)", "",
-              "| model | input | output | input per level | output per level |", "|---|---|---|---|---|"]
+              "| model | input | output | input per level | output per level | RQB residual |", "|---|---|---|---|---|---|"]
     for name, m in models.items():
         s = m["summary"]
         per_in = " / ".join(f"{100 * s['per_level'][k]['input_clipping']:.3f}" for k in levels)
         per_out = " / ".join(f"{100 * s['per_level'][k]['output_clipping']:.3f}" for k in levels)
+        residual = s.get("max_residual_clipping")
         lines.append(f"| {name} | {100 * s['max_input_clipping']:.3f} | {100 * s['max_output_clipping']:.3f} | "
-                     f"{per_in} | {per_out} |")
+                     f"{per_in} | {per_out} | {'–' if residual is None else f'{100 * residual:.3f}'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,6 +164,17 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         ax.legend(fontsize=8)
         written.append(_save(fig, out / name))
     return written
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 4 decimals (the JSON holds every item of every model; more digits are noise)."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "rows": rows}
     results["seconds"] = round(time.perf_counter() - start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "robustness.json", json.dumps(results, indent=1) + "\n")
+    write_text_atomic(args.out / "robustness.json", json.dumps(_rounded(results), separators=(",", ":")) + "\n")
     text = markdown(results)
     write_text_atomic(args.out / "robustness.md", text)
     plot(results, args.out)

@@ -132,7 +132,9 @@ def export_cmd(model, model_factory, trust_pickle, target, out, data, strict_aud
         coverage = summary["xnnpack"] = xnnpack_coverage(out)
         left = ", ".join(f"{k} x{n}" for k, n in sorted(coverage["undelegated"].items())) or "none"
         click.echo(f"  XNNPACK: {coverage['partitions']} partition(s); ops left to the builtin kernels: {left}")
-    click.echo(f"  {_level_line(result.metadata)}")
+    summary["level"] = {"stage": (result.metadata.level_stage().to_dict() if result.metadata.level_stage() else None),
+                        "report": _level_line(result.metadata)}
+    click.echo(f"  {summary['level']['report']}")
     if v is not None:
         click.echo(f"  parity with the simulation: every op within {v.op_max_lsb} LSB on the file's own inputs; "
                    f"end to end on {v.runtime}: max {v.max_lsb} LSB, mean {v.mean_lsb:.4f} LSB, SNR {v.snr_db:.1f} dB "

@@ -81,8 +81,11 @@ class Runtime(ABC):
         codes = encode(self.metadata, audio)
         outputs = self.run_codes(codes)
         self._count_clipping("input", self.metadata.inputs[0], codes, split=bool(self.metadata.splitter))
-        for spec, out in zip(self.metadata.outputs, outputs):
-            self._count_clipping("output", spec, out)
+        self._count_clipping("output", self.metadata.outputs[0], outputs[0])
+        for spec, out in zip(self.metadata.outputs[1:], outputs[1:]):
+            # FQSE's RQB residual: at its limits the refinement is partial (the error stays within the
+            # coarse output's half step), not a clipped signal; counted apart
+            self._count_clipping("residual", spec, out)
         return decode(self.metadata, outputs)[:, : audio.shape[-1]]
 
     def _count_clipping(self, where: str, spec: TensorSpec, codes: np.ndarray, split: bool = False) -> None:
@@ -91,11 +94,12 @@ class Runtime(ABC):
             codes = codes.reshape(-1, 2, codes.shape[-1])[:, 0]
         at_limit = int(np.count_nonzero((codes <= spec.qmin) | (codes >= spec.qmax)))
         stats = self.clip_counts()
+        stats.setdefault(where, [0, 0])
         stats[where][0] += at_limit
         stats[where][1] += int(codes.size)
 
     def clip_counts(self) -> dict[str, list[int]]:
-        """{"input"|"output": [codes at the int8 limits, codes seen]} since the last ``reset_clipping``."""
+        """{"input"|"output"[|"residual"]: [codes at the int8 limits, codes seen]} since the last ``reset_clipping``."""
         if not hasattr(self, "_clip_counts"):
             self._clip_counts = {"input": [0, 0], "output": [0, 0]}
         return self._clip_counts

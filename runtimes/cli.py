@@ -72,7 +72,7 @@ def run_cmd(model, input_wav, output_wav, threads, strict_audio, overlap, no_xnn
 def _warn_clipping(runtime: Runtime, model: Path) -> None:
     """One stderr line when more than 0.1 % of the boundary int8 codes clipped; nothing otherwise."""
     fraction = runtime.clipping()
-    if max(fraction.values(), default=0.0) <= CLIP_WARN_FRACTION:
+    if max(fraction["input"], fraction["output"]) <= CLIP_WARN_FRACTION:
         return
     click.echo(f"warning: {model}: {fraction['input']:.2%} of the input and {fraction['output']:.2%} of the output "
                f"samples clipped at the int8 limits: the audio is louder than the model's calibration level; "

@@ -180,12 +180,18 @@ def test_tiny_fqse_qat_end_to_end(tiny_tasnet, tmp_path):
         scale, zp = qmodel.quantizers()[name].qparams()
         codes = out / scale + zp
         assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.min() >= -128 and codes.max() <= 127
-    # the checkpoint round-trips, and evaluation wraps it with splitter and combiner again
+    # the checkpoint round-trips, and evaluation wraps it with splitter and combiner again, inside the
+    # level stage the recipe fitted
+    from compressor.recipes.level import recorded_stage
+    from compressor.stages.level_model import LevelGainModel
+
     path = save_quantized(tmp_path / "f.pt", qmodel, recipe.saved_arch(None), recipe.describe())
     loaded = load_model(path)
     wrapped = inference_model(loaded)
+    stage = recorded_stage(recipe.describe())
+    assert isinstance(wrapped, LevelGainModel) and wrapped.stage == stage
     with torch.no_grad():
-        assert torch.equal(wrapped(x), y)
+        assert torch.equal(wrapped(x), LevelGainModel(model, stage)(x))
     # cost: the splitter and RQB add MACs (encoder twice, E~ and D~ once each)
     x = torch.zeros(1, 16000)
     plain = count_macs(tiny_tasnet, x)

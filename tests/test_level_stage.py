@@ -159,3 +159,28 @@ def test_level_augmentation_is_in_range_and_repeatable():
     assert torch.equal(aug[2]["mixture"], aug[2]["mixture"])
     aug.set_epoch(1)
     assert not torch.equal(aug[2]["mixture"], LevelAugmented(base, (-12.0, 12.0), seed=3)[2]["mixture"])
+
+
+def test_ptq_fits_the_stage_records_it_and_pins_the_input_grid(tmp_path):
+    from compressor.checkpoint import ArchSpec, load_model, save_quantized
+    from compressor.data import open_dataset
+    from compressor.fqse.io_config import io_quantizers
+    from compressor.recipes import RecipeContext, get_recipe, inference_model
+    from compressor.zoo import build_model
+    from tests.conftest import TINY_TASNET
+
+    torch.manual_seed(0)
+    train = open_dataset("demo:train", segment_seconds=0.25, seed=0)
+    recipe = get_recipe("ptq").from_options({"calib_batches": 2, "batch_size": 2})
+    qmodel = recipe.run(RecipeContext(build_model("conv_tasnet", TINY_TASNET), train, None, tmp_path, progress=False))
+    described = recipe.describe()
+    stage = level_stage_of(described["stages"])
+    assert 0.01 < stage.target_peak < 1.0
+    quantizer = qmodel.quantizers()[io_quantizers(qmodel)[0][0]]
+    assert quantizer.qparams() == (pytest.approx(stage.target_peak / 126), 0)
+    path = save_quantized(tmp_path / "q.pt", qmodel, ArchSpec("zoo", "conv_tasnet", TINY_TASNET), described)
+    wrapped = inference_model(load_model(path))
+    assert isinstance(wrapped, LevelGainModel) and wrapped.stage == stage
+    off = get_recipe("ptq").from_options({"calib_batches": 2, "batch_size": 2, "level_stage": False})
+    off.run(RecipeContext(build_model("conv_tasnet", TINY_TASNET), train, None, tmp_path, progress=False))
+    assert "stages" not in off.describe()

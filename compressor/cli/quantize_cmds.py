@@ -65,8 +65,9 @@ def _common(func):
                           "not clip and quiet audio keeps its resolution; README 'Level')."),
         click.option("--level-aug", type=click.FloatRange(0, 60), metavar="DB",
                      help="Random gain of +-DB on each training/calibration item (default 0)."),
-        click.option("--tilt-aug", is_flag=True, default=None,
-                     help="Random spectral tilt (white to brown and blue) of each training/calibration item's noise."),
+        click.option("--tilt-aug/--no-tilt-aug", default=None,
+                     help="Random spectral tilt (white to brown and blue) of each training/calibration item's noise "
+                          "(default: on)."),
         click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Quantized checkpoint to write."),
         click.option("--threads", type=int, help="torch threads (default: all cores)."),
         click.option("-v", "--verbose", is_flag=True),
