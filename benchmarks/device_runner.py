@@ -65,15 +65,8 @@ def _io_codec():
     return _sibling("io_codec.py", "compressor/fqse/io_codec.py", "FQSE's splitter/combiner")
 
 
-def _level_stage(records):
-    """The file's level stage (gain before the model, undone after), or None."""
-    if not records:
-        return None
-    module = _sibling("level.py", "compressor/stages/level.py", "the level stage")
-    try:
-        return module.level_stage_of(records)
-    except ValueError as exc:
-        raise ModelFileError(str(exc)) from exc
+def _level():
+    return _sibling("level.py", "compressor/stages/level.py", "the level stage")
 
 
 class _Boundary:
@@ -132,7 +125,13 @@ class FileModel:
             raise ModelFileError(f"{self.path}: not an .onnx or .tflite file")
         self.metadata = json.loads(self._metadata_text) if self._metadata_text else None
         self.codec = None
-        self.level = _level_stage(self.metadata.get("stages")) if self.metadata else None
+        self.level = None  # the file's level stage (gain before the model, undone after)
+        if self.metadata and self.metadata.get("stages"):
+            self._level = _level()
+            try:
+                self.level = self._level.level_stage_of(self.metadata["stages"])
+            except ValueError as exc:
+                raise ModelFileError(f"{self.path}: {exc}") from exc
         if self.metadata:
             self.inputs = [_Boundary.from_metadata(s) for s in self.metadata["inputs"]]
             self.outputs = [_Boundary.from_metadata(s) for s in self.metadata["outputs"]]
@@ -224,8 +223,7 @@ class FileModel:
         """
         if self.level is None:
             return self._run_boundary(audio)
-        gain = self.level.gain(np.asarray(audio, np.float32))
-        return self._run_boundary(audio * gain) / gain
+        return self._level.run_with_gain(self.level, self._run_boundary, np.asarray(audio, np.float32))
 
     def _run_boundary(self, audio: np.ndarray) -> np.ndarray:
         x = np.asarray(audio, np.float32).reshape(1, -1)

@@ -32,6 +32,8 @@ from tqdm import tqdm
 from compressor.fileio import write_text_atomic
 from compressor.metrics import si_snr_np
 
+BOUNDARY = ("input", "output", "residual")  # Runtime.clip_counts keys; residual: FQSE's RQB output
+
 
 def run_model(path: str | Path, dataset: Any, threads: int | None, progress: bool = True) -> list[dict[str, Any]]:
     """One row per item: SI-SNR of the processed mixture against the clean target, and boundary clipping."""
@@ -42,16 +44,22 @@ def run_model(path: str | Path, dataset: Any, threads: int | None, progress: boo
     for index in tqdm(range(len(dataset)), desc=Path(path).name, disable=not progress, leave=False):
         item = dataset[index]
         clean = item["sources"].numpy().sum(axis=0)
-        before = {k: list(runtime.clip_counts().get(k, [0, 0])) for k in ("input", "output", "residual")}
+        before = {k: list(runtime.clip_counts().get(k, [0, 0])) for k in BOUNDARY}
         estimate = runtime.process(item["mixture"].numpy())
-        after = {k: runtime.clip_counts().get(k, [0, 0]) for k in ("input", "output", "residual")}
+        after = {k: runtime.clip_counts().get(k, [0, 0]) for k in BOUNDARY}
         rows.append({
             "id": item["id"], "level_dbfs": float(item["level_dbfs"]), "condition": item["condition"],
             "snr_db": float(item["snr_db"]), "si_snr": float(si_snr_np(estimate, clean)),
-            **{f"{k}_clipped": after[k][0] - before[k][0] for k in ("input", "output", "residual")},
-            **{f"{k}_codes": after[k][1] - before[k][1] for k in ("input", "output", "residual")},
+            **{f"{k}_clipped": after[k][0] - before[k][0] for k in BOUNDARY},
+            **{f"{k}_codes": after[k][1] - before[k][1] for k in BOUNDARY},
         })
     return rows
+
+
+def _fraction(rows: list[dict[str, Any]], boundary: str, empty: float | None) -> float | None:
+    """Codes at the int8 limits over codes seen, at one boundary (``BOUNDARY``), over ``rows``."""
+    codes = sum(r.get(f"{boundary}_codes", 0) for r in rows)
+    return sum(r.get(f"{boundary}_clipped", 0) for r in rows) / codes if codes else empty
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -68,13 +76,10 @@ def summarize(rows: list[dict[str, Any]], reference: list[dict[str, Any]] | None
         out: dict[str, dict[str, float]] = {}
         for value in sorted({r[key] for r in rows}, key=lambda v: (isinstance(v, str), v)):
             chosen = [r for r in rows if r[key] == value]
-            codes = {k: sum(r.get(f"{k}_codes", 0) for r in chosen) for k in ("input", "output", "residual")}
             out[str(value)] = {
                 "si_snr": _mean([r["si_snr"] for r in chosen]), "delta": _mean([r["delta"] for r in chosen]),
-                "input_clipping": sum(r["input_clipped"] for r in chosen) / codes["input"] if codes["input"] else 0.0,
-                "output_clipping": sum(r["output_clipped"] for r in chosen) / codes["output"] if codes["output"] else 0.0,
-                "residual_clipping": (sum(r.get("residual_clipped", 0) for r in chosen) / codes["residual"]
-                                      if codes["residual"] else None),
+                # no codes: 0 for the boundary every file has, None for a residual output it lacks
+                **{f"{k}_clipping": _fraction(chosen, k, None if k == "residual" else 0.0) for k in BOUNDARY},
                 "items": len(chosen),
             }
         return out
@@ -118,11 +123,13 @@ def markdown(results: dict[str, Any]) -> str:
         s = m["summary"]
         lines.append(f"| {name} | " + " | ".join(f"{s['per_condition'][k]['delta']:+.2f}" for k in conditions)
                      + f" | {s['worst_condition_delta']:+.2f} |")
-    lines += ["", "## Absolute SI-SNR per level (dB)", "", "| model | " + " | ".join(levels) + " |",
-              "|---|" + "---|" * len(levels)]
-    for name, m in {**({ref_name: results["reference_summary"]} if ref_name else {}), **models}.items():
-        s = m["summary"] if "summary" in m else m
-        lines.append(f"| {name} | " + " | ".join(f"{s['per_level'][k]['si_snr']:.2f}" for k in levels) + " |")
+    summaries = {**({ref_name: results["reference_summary"]} if ref_name else {}),
+                 **{name: m["summary"] for name, m in models.items()}}
+    for title, key, columns in (("level", "per_level", levels), ("condition", "per_condition", conditions)):
+        lines += ["", f"## Absolute SI-SNR per {title} (dB)", "", "| model | " + " | ".join(columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        for name, s in summaries.items():
+            lines.append(f"| {name} | " + " | ".join(f"{s[key][k]['si_snr']:.2f}" for k in columns) + " |")
     lines += ["", "## Boundary clipping (% of int8 codes at the limits; worst level or condition)", "",
               "| model | input | output | input per level | output per level | RQB residual |", "|---|---|---|---|---|---|"]
     for name, m in models.items():

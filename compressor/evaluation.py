@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from compressor.metrics import evaluate_pair, summarize
+from compressor.module_mode import set_training
 
 
 @torch.no_grad()
@@ -20,10 +21,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, progress: bool = True, desc:
     Returns ``summarize()``'s dict plus ``rows`` (one dict per item with its
     id, input SNR and metrics) so reports can show per-file results.
     """
-    try:
-        model.eval()
-    except NotImplementedError:
-        pass
+    set_training(model, False)
     rows = []
     count = len(dataset) if max_items is None else min(len(dataset), max_items)
     sample_rate = getattr(dataset, "sample_rate", 16000)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from compressor.data.snr_rescale import NoiseRescaled
 from compressor.errors import ConfigError
 from compressor.losses import neg_si_snr_loss
+from compressor.module_mode import set_training
 
 
 def sweep_points(low: float = -6.0, high: float = 18.0, step: float = 1.0) -> list[float]:
@@ -32,10 +33,7 @@ def sweep_points(low: float = -6.0, high: float = 18.0, step: float = 1.0) -> li
 def snr_sweep(model: nn.Module, dataset: Dataset, snrs: Sequence[float], *, max_items: int | None = None,
               progress: bool = True, desc: str = "sweep") -> list[float]:
     """Mean SI-SNR (dB, PIT over sources) of ``model`` on ``dataset`` rescaled to each SNR in ``snrs``."""
-    try:
-        model.eval()
-    except NotImplementedError:
-        pass
+    set_training(model, False)
     count = len(dataset) if max_items is None else min(len(dataset), max_items)
     means = []
     for snr in tqdm(snrs, desc=desc, disable=not progress, leave=False):
@@ -59,10 +57,7 @@ def sweep_against_reference(models: dict[str, nn.Module], reference: str, datase
     within 0.1 dB of float only where SQNR exceeds the float SDR by ~16 dB.
     """
     for m in models.values():
-        try:
-            m.eval()
-        except NotImplementedError:
-            pass
+        set_training(m, False)
     count = len(dataset) if max_items is None else min(len(dataset), max_items)
     out = {name: {"si_snr": [], "sqnr": []} for name in models}
     for snr in tqdm(snrs, desc="sweep", disable=not progress, leave=False):

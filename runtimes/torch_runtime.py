@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from compressor.checkpoint import load_model
+from compressor.module_mode import set_training
 from exporters.api import ExportConfig, deploy_metadata
 from exporters.lowering import lower
 from exporters.metadata import DeployMetadata, TensorSpec, io_processing, stages_of
@@ -28,7 +29,7 @@ class TorchRuntime(Runtime):
             torch.set_num_threads(threads)
         self.path = Path(path)
         loaded = load_model(self.path, model_factory=model_factory, trust_pickle=trust_pickle)
-        self.model = loaded.model.eval()
+        self.model = set_training(loaded.model, False)  # a float .pt2 program refuses .eval()
         self.quantized = loaded.quantized
         sample_rate = int(loaded.info.get("sample_rate", sample_rate))
         cfg = ExportConfig(target="onnx", uint8_activations=False, sample_rate=sample_rate, chunk_seconds=chunk_seconds)

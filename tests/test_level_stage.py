@@ -56,7 +56,7 @@ def test_run_with_gain_broadcasts_over_sources_and_batches():
     out = run_with_gain(stage, two_sources, x)
     np.testing.assert_allclose(seen[0], [0.5, 0.5], rtol=1e-6)
     np.testing.assert_allclose(out[:, 1], 2 * x, rtol=1e-5)
-    assert run_with_gain(None, lambda b: b * 3, x) is not None
+    np.testing.assert_array_equal(run_with_gain(None, lambda b: b * 3, x), x * 3)  # no stage: just the model
 
 
 def test_tracker_attacks_at_once_and_releases_slowly():
@@ -184,3 +184,28 @@ def test_ptq_fits_the_stage_records_it_and_pins_the_input_grid(tmp_path):
     off = get_recipe("ptq").from_options({"calib_batches": 2, "batch_size": 2, "level_stage": False})
     off.run(RecipeContext(build_model("conv_tasnet", TINY_TASNET), train, None, tmp_path, progress=False))
     assert "stages" not in off.describe()
+
+
+class _OutputBias(torch.nn.Module):
+    """Homogeneous except for a bias on its output layer, as models trained with SI-SNR often carry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Equivariant()
+        self.bias = torch.nn.Parameter(torch.tensor(0.05))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + self.bias
+
+
+def test_a_model_that_is_not_scale_equivariant_gets_no_stage(caplog):
+    from compressor.recipes.level import EQUIVARIANCE_DB, equivariance_db, fit_level_stage
+
+    torch.manual_seed(1)
+    batches = [torch.randn(2, 800) * 0.1 for _ in range(3)]
+    assert equivariance_db(_Equivariant(), batches) > 100  # float32 rounding only
+    assert equivariance_db(_OutputBias(), batches) < EQUIVARIANCE_DB
+    assert fit_level_stage(batches, True, _Equivariant()) is not None
+    with caplog.at_level("WARNING"):
+        assert fit_level_stage(batches, True, _OutputBias()) is None
+    assert "not scale-equivariant" in caplog.text

@@ -61,16 +61,22 @@ def _quantizer_of(node: fx.Node) -> str | None:
     return None
 
 
-def io_quantizers(qmodel: QuantizedModel) -> tuple[list[str], list[str]]:
-    """(input quantizer names, output quantizer names) of a quantized graph, in order."""
-    graph = qmodel.graph_module.graph
+def input_quantizers(qmodel: QuantizedModel) -> list[str]:
+    """Names of the quantizers the graph's inputs pass through first, in order."""
     inputs: list[str] = []
-    for node in graph.nodes:
+    for node in qmodel.graph_module.graph.nodes:
         if node.op == "placeholder":
             for user in node.users:
                 name = _quantizer_of(user)
                 if name is not None and name not in inputs:
                     inputs.append(name)
+    return inputs
+
+
+def io_quantizers(qmodel: QuantizedModel) -> tuple[list[str], list[str]]:
+    """(input quantizer names, output quantizer names) of a quantized graph, in order."""
+    graph = qmodel.graph_module.graph
+    inputs = input_quantizers(qmodel)
     outputs: list[str] = []
     out_node = next(n for n in graph.nodes if n.op == "output")
     results = out_node.args[0]

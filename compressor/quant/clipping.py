@@ -32,9 +32,10 @@ from torch import fx, nn
 from tqdm import tqdm
 
 from compressor.errors import CompressorError, ConfigError
+from compressor.module_mode import set_training
 from compressor.quant.graph import QUANTIZER_ROOT, source_location
 from compressor.quant.model import QuantizedModel
-from compressor.quant.quantizers import ActivationQuantizer, FixedQParamsQuantizer
+from compressor.quant.quantizers import FixedQParamsQuantizer
 
 CLIP_WARN_FRACTION = 0.001  # 0.1 %: above this a tensor's clipping is worth a warning
 
@@ -150,15 +151,6 @@ def _json_float(value: float) -> float | str:
 
 def find_quantized(model: nn.Module) -> QuantizedModel:
     """The QuantizedModel inside an evaluation wrapper (FQSEPipeline.core, a level wrapper's inner, ...)."""
-    if isinstance(model, QuantizedModel):
-        return model
-    for attr in ("core", "inner"):
-        inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module):
-            try:
-                return find_quantized(inner)
-            except ConfigError:
-                pass
     found = next((m for m in model.modules() if isinstance(m, QuantizedModel)), None)
     if found is None:
         raise ConfigError(f"{type(model).__name__} is a float model: it has no int8 ranges, so nothing clips "
@@ -167,26 +159,16 @@ def find_quantized(model: nn.Module) -> QuantizedModel:
 
 
 def _roles(qmodel: QuantizedModel) -> dict[str, str]:
-    from compressor.fqse.io_config import io_quantizers  # the one place that finds the I/O quantizers
+    from compressor.fqse.io_config import input_quantizers, io_quantizers  # the one place that finds them
 
     try:
-        inputs, outputs = io_quantizers(qmodel)
-    except CompressorError:
-        inputs, outputs = _input_quantizers(qmodel), []
-    roles: dict[str, str] = {}
-    for name in inputs:
-        roles[name] = "input"
+        outputs = io_quantizers(qmodel)[1]
+    except CompressorError:  # an output without a quantizer: the inputs are still known
+        outputs = []
+    roles: dict[str, str] = {name: "input" for name in input_quantizers(qmodel)}
     for name in outputs:
         roles[name] = "input+output" if roles.get(name) == "input" else "output"
     return roles
-
-
-def _input_quantizers(qmodel: QuantizedModel) -> list[str]:
-    """The quantizers right after the graph's inputs (when io_quantizers refuses a graph whose output has none)."""
-    prefix = f"{QUANTIZER_ROOT}."
-    inputs = [str(u.target)[len(prefix):] for n in qmodel.graph_module.graph.nodes if n.op == "placeholder"
-              for u in n.users if u.op == "call_module" and str(u.target).startswith(prefix)]
-    return list(dict.fromkeys(inputs))
 
 
 def _describe(node: fx.Node) -> tuple[str, str, str]:
@@ -314,10 +296,7 @@ def clipping_report(model: nn.Module, batches_or_dataset: Any, *, max_items: int
     ``batches_or_dataset``: tensors (one batch each), tuples of model arguments, or a dataset whose items
     hold a 'mixture' (each item run whole, batch 1, as ``compress eval`` runs it). ``max_items`` stops early.
     """
-    try:
-        model.eval()
-    except NotImplementedError:
-        pass
+    set_training(model, False)
     total = None
     if hasattr(batches_or_dataset, "__len__"):
         total = len(batches_or_dataset) if max_items is None else min(len(batches_or_dataset), max_items)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from compressor.errors import UnsupportedOpError
+from compressor.module_mode import set_training
 from compressor.quant.config import QuantConfig
 from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, insert_quantizers
 from compressor.quant.quantizers import (
@@ -100,10 +101,7 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
     if isinstance(model, QuantizedModel):
         raise UnsupportedOpError("the model is already quantized")
     was_training = model.training
-    try:
-        model.eval()
-    except NotImplementedError:
-        pass  # an exported GraphModule: already traced in eval mode
+    set_training(model, False)  # an exported GraphModule: already traced in eval mode
     if dynamic_shapes == "auto":
         dynamic_shapes = _default_dynamic_shapes(example_inputs)
     try:
@@ -113,10 +111,7 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
             f"torch.export could not trace {type(model).__name__}: {str(exc).splitlines()[0]}"
         ) from exc
     finally:
-        try:
-            model.train(was_training)
-        except NotImplementedError:
-            pass
+        set_training(model, was_training)
     gm = program.module()
     # Drop computations no output depends on (e.g. a last residual branch),
     # so they get no quantizers and cost nothing; keep the input guards.

@@ -8,6 +8,8 @@ checkpoint's recipe record carries the stage (``stages``) to the exporters.
 """
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import torch
@@ -15,8 +17,11 @@ from torch.utils.data import Dataset
 
 from compressor.data.augment import LevelAugmented, TiltAugmented
 from compressor.errors import RecipeError
+from compressor.module_mode import set_training
 from compressor.stages.level import LevelStage, level_stage_of
 from compressor.stages.level_model import target_peak_of
+
+log = logging.getLogger(__name__)
 
 
 def augmented(train_set: Dataset, cfg: Any) -> Dataset:
@@ -30,10 +35,43 @@ def augmented(train_set: Dataset, cfg: Any) -> Dataset:
     return train_set
 
 
-def fit_level_stage(batches: Any, enabled: bool) -> LevelStage | None:
-    """The stage for a model calibrated on ``batches`` (None when the recipe runs without one)."""
+#: Below this SNR of f(g x)/g against f(x) (g = 1/4 and 4) the float model is not scale-equivariant
+#: and a level stage would change what it computes. The demo Conv-TasNet measures 85.5 dB; a small
+#: user-written masker trained with (mean-free) SI-SNR, with a bias on its output layer, measured
+#: -9.4 dB: its DC offset (half its peak) became steps between chunks, -4.6 dB against float.
+EQUIVARIANCE_DB = 30.0
+PROBE_GAINS = (0.25, 4.0)
+
+
+@torch.no_grad()
+def equivariance_db(model: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    """The worst, over the probe gains, of the SNR (dB) of f(g x)/g against f(x) on ``batches``."""
+    set_training(model, False)
+    references = [model(x) for x in batches]
+    signal = sum(float(r.double().pow(2).sum()) for r in references)
+    worst = math.inf
+    for g in PROBE_GAINS:
+        error = sum(float((model(x * g) / g - r).double().pow(2).sum()) for x, r in zip(batches, references))
+        worst = min(worst, 10 * math.log10(max(signal, 1e-30) / max(error, 1e-30)))
+    return worst
+
+
+def fit_level_stage(batches: Any, enabled: bool, float_model: torch.nn.Module | None = None) -> LevelStage | None:
+    """The stage for a model calibrated on ``batches`` (None when the recipe runs without one).
+
+    With ``float_model``, a model that is not scale-equivariant gets no stage, and a warning says why.
+    """
     if not enabled:
         return None
+    batches = list(batches)
+    if float_model is not None:
+        measured = equivariance_db(float_model, batches[:4])
+        if measured < EQUIVARIANCE_DB:
+            log.warning("no level stage: the float model is not scale-equivariant (f(g x)/g against f(x) for "
+                        "g = 1/4 and 4: %.1f dB, below %g dB; e.g. a bias in its output layer), so scaling each "
+                        "chunk would change what it computes; the file runs at the input's own level (make its "
+                        "ranges wider with --level-aug)", measured, EQUIVARIANCE_DB)
+            return None
     try:
         return LevelStage(target_peak=target_peak_of(batches))
     except ValueError as exc:
@@ -74,4 +112,5 @@ def recorded_stage(recipe_info: dict[str, Any] | None) -> LevelStage | None:
         raise RecipeError(f"the checkpoint's recipe record: {exc}") from exc
 
 
-__all__ = ["augmented", "fit_level_stage", "pin_input_range", "recorded_stage", "stage_records"]
+__all__ = ["EQUIVARIANCE_DB", "augmented", "equivariance_db", "fit_level_stage", "pin_input_range", "recorded_stage",
+           "stage_records"]

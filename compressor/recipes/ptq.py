@@ -51,7 +51,7 @@ class PTQ(Recipe):
         train_set = augmented(ctx.train_set, cfg)
         qmodel = quantize(ctx.float_model, example_input(train_set), cfg.quant_config())
         batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
-        stage = fit_level_stage(batches, cfg.level_stage)
+        stage = fit_level_stage(batches, cfg.level_stage, ctx.float_model)
         self.stages = stage_records(stage)
         calibrate(qmodel, at_level(batches, stage) if stage else batches, cfg.calibration, progress=ctx.progress)
         pin_input_range(qmodel, stage)

@@ -76,7 +76,7 @@ def level_setup(ctx: RecipeContext, config: QATConfig) -> tuple[RecipeContext, L
     """The context with the augmented training set, and the level stage fitted on its calibration batches."""
     ctx = dataclasses.replace(ctx, train_set=augmented(ctx.train_set, config))
     batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
-    return ctx, fit_level_stage(batches, config.level_stage)
+    return ctx, fit_level_stage(batches, config.level_stage, ctx.float_model)
 
 
 def quantizer_param_groups(qmodel: QuantizedModel, relative_lr: float, zero_point_lr: float) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ floor of a silent block from being raised further than that.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -85,7 +85,7 @@ class LevelStage:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LevelStage":
-        known = {"target_peak", "max_gain_db", "min_gain_db", "release_db_per_second", "kind"}
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"level stage: unknown field(s) {', '.join(unknown)}")
@@ -127,21 +127,15 @@ class LevelTracker:
         return np.float32(self.stage.gain_for_peak(np.float32(self.level)))
 
 
-def stages_from_records(records: list[dict[str, Any]] | None) -> list[LevelStage]:
-    """Stage objects from a file's metadata records (ValueError on an unknown kind)."""
+def level_stage_of(records: list[dict[str, Any]] | None) -> LevelStage | None:
+    """The level stage among a file's metadata stage records, or None (ValueError on an unknown kind)."""
     stages = []
     for record in records or []:
         if not isinstance(record, dict) or record.get("kind") != KIND:
             kind = record.get("kind") if isinstance(record, dict) else record
             raise ValueError(f"unknown pre/post-processing stage {kind!r} (this runtime knows {KIND!r})")
         stages.append(LevelStage.from_dict(record))
-    return stages
+    return stages[0] if stages else None
 
 
-def level_stage_of(records: list[dict[str, Any]] | None) -> LevelStage | None:
-    """The level stage among ``records``, or None."""
-    found = stages_from_records(records)
-    return found[0] if found else None
-
-
-__all__ = ["KIND", "LevelStage", "LevelTracker", "level_stage_of", "run_with_gain", "stages_from_records"]
+__all__ = ["KIND", "LevelStage", "LevelTracker", "level_stage_of", "run_with_gain"]

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from compressor.errors import TrainingError
+from compressor.module_mode import set_training
 from compressor.training import distributed
 from compressor.training.config import TrainConfig
 
@@ -103,16 +104,6 @@ def epoch_batches(
         start = k * global_batch + rank * batch_size
         out.append(perm[start : start + batch_size])
     return out
-
-
-def _set_mode(model: nn.Module, training: bool) -> None:
-    """model.train()/eval(), tolerating exported modules that refuse them."""
-    try:
-        model.train(training)
-    except NotImplementedError:
-        # torch.export(...).module() refuses train()/eval(); its graph already
-        # fixes the behaviour of dropout / batch norm, so there is nothing to do.
-        logger.debug("model does not support train(%s); leaving its mode as is", training)
 
 
 def _collate(items: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -530,7 +521,7 @@ def _train(
                     tmp.unlink()
             if on_checkpoint is not None:
                 on_checkpoint(step, model)
-                _set_mode(train_model, True)
+                set_training(train_model, True)
         distributed.barrier()
 
     bar = tqdm(
@@ -550,7 +541,7 @@ def _train(
                 pin_memory=device.type == "cuda",
                 generator=torch.Generator().manual_seed(_mix_seed(config.seed, epoch, rank)),
             )
-            _set_mode(train_model, True)
+            set_training(train_model, True)
             for mixture, sources in loader:
                 mixture = mixture.to(device, non_blocking=True)
                 sources = sources.to(device, non_blocking=True)
@@ -596,11 +587,11 @@ def _train(
                 if valid_set is not None and (
                     final or (config.validate_every and step % config.validate_every == 0)
                 ):
-                    _set_mode(train_model, False)
+                    set_training(train_model, False)
                     last_valid = _validate(
                         model, valid_set, loss_fn, device, config.batch_size, config.num_workers
                     )
-                    _set_mode(train_model, True)
+                    set_training(train_model, True)
                     if last_valid is not None:
                         entry["valid_loss"] = last_valid
                         if best_valid is None or last_valid < best_valid:
