@@ -17,6 +17,7 @@ from compressor.quant.quantizers import (
     FixedQParamsQuantizer,
     WeightQuantizer,
 )
+from compressor.quant.trace_errors import explain_export_failure
 
 log = logging.getLogger("compressor.quant")
 
@@ -107,9 +108,7 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
     try:
         program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes)
     except Exception as exc:  # torch raises many types here
-        raise UnsupportedOpError(
-            f"torch.export could not trace {type(model).__name__}: {str(exc).splitlines()[0]}"
-        ) from exc
+        raise explain_export_failure(model, exc, example_inputs) from exc
     finally:
         set_training(model, was_training)
     gm = program.module()

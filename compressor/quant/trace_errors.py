@@ -1,0 +1,137 @@
+"""Turn a ``torch.export`` failure into an UnsupportedOpError a user can act on.
+
+torch's own message names its internals (symbols like ``zuf0``, guard
+expressions, links to its docs); the user needs the line of their model that
+caused it and what to change there. torch's exception stays the ``__cause__``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import sysconfig
+import traceback
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+import compressor
+from compressor.errors import UnsupportedOpError
+
+DATA_DEPENDENT = "data-dependent"
+LENGTH_GUARD = "length"
+OTHER = "other"
+
+_WHAT = {
+    DATA_DEPENDENT: "a data-dependent value (computed from tensor values) decides a shape or a branch",
+    LENGTH_GUARD: "the model fixes the input length/shape",
+}
+_HINT = {
+    DATA_DEPENDENT: "compute shapes from x.shape, not from tensor values (no int(t), .item(), "
+                    "torch.nonzero sizes); replace Python `if tensor:` with torch.where",
+    LENGTH_GUARD: "the model only accepts some input lengths; pass an example of the length you "
+                  "deploy, or make the code length-agnostic (the toolkit traces every axis as dynamic)",
+    OTHER: "torch.export runs forward() once on symbolic tensors; keep that line free of .numpy(), "
+           ".tolist(), .item() and other Python-side use of tensor values",
+}
+_DATA_DEPENDENT_TEXT = ("data-dependent", "unbacked", "GuardOnDataDependentSymNode")
+_LENGTH_TEXT = (
+    "Constraints violated",
+    "specialized it to be a constant",
+    "is invalid for input of size",
+    "must match the size of tensor",
+    "Expected cond to be True",  # a failed torch._check(...) on a size
+)
+# torch prints the user's frames in this form ("User Stack", "The following call ...").
+_FILE_LINE = re.compile(r'File "([^"]+)", line (\d+), in \S+\n[ \t]*(.*)')
+
+
+def _library_roots() -> tuple[str, ...]:
+    # sympy sits below torch's shape checks, so its frames are innermost too.
+    roots = [os.path.dirname(torch.__file__), os.path.dirname(compressor.__file__)]
+    sympy = sys.modules.get("sympy")
+    if sympy is not None and sympy.__file__:
+        roots.append(os.path.dirname(sympy.__file__))
+    roots += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")]
+    return tuple(os.path.realpath(r) + os.sep for r in roots)
+
+
+def _is_user_file(path: str, roots: tuple[str, ...]) -> bool:
+    if path.startswith("<"):  # "<string>", "<eval_with_key>": generated code, no line to show
+        return False
+    return not os.path.realpath(path).startswith(roots)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+
+
+def _user_frame(exc: BaseException, roots: tuple[str, ...]) -> str | None:
+    """'file.py:LINE: code' of the innermost user frame (traceback first, then torch's text)."""
+    for e in _chain(exc):
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if _is_user_file(f.filename, roots)]
+        if frames:
+            f = frames[-1]
+            return f"{f.filename}:{f.lineno}: {(f.line or '').strip()}"
+    for e in _chain(exc):
+        found = [m for m in _FILE_LINE.findall(str(e)) if _is_user_file(m[0], roots)]
+        if found:
+            path, line, code = found[-1]
+            return f"{path}:{line}: {code.strip()}"
+    return None
+
+
+def _classify(exc: BaseException, roots: tuple[str, ...]) -> str:
+    chain = list(_chain(exc))
+    text = "\n".join(f"{type(e).__name__}: {e}" for e in chain)
+    if any(t in text for t in _DATA_DEPENDENT_TEXT):
+        return DATA_DEPENDENT
+    if any(t in text for t in _LENGTH_TEXT):
+        return LENGTH_GUARD
+    # An assert raised by the model's own code while tracing checks an input size.
+    for e in chain:
+        tb = traceback.extract_tb(e.__traceback__)
+        if isinstance(e, AssertionError) and tb and _is_user_file(tb[-1].filename, roots):
+            return LENGTH_GUARD
+    return OTHER
+
+
+def _probe_length(model: nn.Module, example_inputs: Sequence[torch.Tensor],
+                  roots: tuple[str, ...]) -> str | None:
+    # A constraint violation is found after tracing, so no user frame is left
+    # in it; running the model eagerly one sample longer on the last (time)
+    # axis usually fails on the very line that fixed the length.
+    longer = [torch.cat([t, t[..., -1:]], dim=-1) if isinstance(t, torch.Tensor) and t.dim() else t
+              for t in example_inputs]
+    try:
+        with torch.no_grad():
+            model(*longer)
+    except Exception as exc:  # whatever the model raises on a length it rejects
+        return _user_frame(exc, roots)
+    return None
+
+
+def explain_export_failure(model: nn.Module, exc: BaseException,
+                           example_inputs: Sequence[torch.Tensor] = ()) -> UnsupportedOpError:
+    """The toolkit error for ``exc`` raised by torch.export on ``model``; raise it ``from exc``."""
+    roots = _library_roots()
+    kind = _classify(exc, roots)
+    where = _user_frame(exc, roots)
+    if where is None and kind == LENGTH_GUARD and example_inputs:
+        where = _probe_length(model, example_inputs, roots)
+    # Unclassified failures keep torch's first line: it is the only clue to what went wrong.
+    what = _WHAT.get(kind) or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    at = f" at {where}" if where else " (source line unknown)"
+    return UnsupportedOpError(
+        f"torch.export could not trace {type(model).__name__}: {what}{at} — {_HINT[kind]} "
+        "(torch's message is this error's __cause__)"
+    )
