@@ -14,21 +14,18 @@ fixed chunk).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from compressor.errors import RuntimeLoadError
+from compressor.ops.macs import mac_row, mac_rows, traced
+from compressor.ops.record import macs
+from compressor.ops.registry import mac_ops, onnx_ops_with_role
 
 
 _PASS_THROUGH_HOPS = 6  # data-movement nodes to look through for what feeds a layer
-
-
-def _row(layer: str, op: str, macs: int, weight_bits: int, activation_bits: int) -> dict:
-    return {"layer": layer, "op": op, "macs": int(macs), "weight_bits": int(weight_bits),
-            "activation_bits": int(activation_bits), "bops": int(macs) * int(weight_bits) * int(activation_bits)}
 
 
 def summarize(rows: list[dict], audio_seconds: float, per_layer: bool) -> dict:
@@ -41,7 +38,18 @@ def summarize(rows: list[dict], audio_seconds: float, per_layer: bool) -> dict:
 
 
 # -- .tflite ------------------------------------------------------------------------------------
-_TFLITE_LINEAR = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
+_TFLITE_MACS = mac_ops("tflite")
+
+
+def _torch_weight_shape(op: str, shape: list[int]) -> list[int]:
+    """A TFLite filter shape in PyTorch's order, which the registry's MAC formulas take."""
+    if op == "DEPTHWISE_CONV_2D":  # [1, kh, kw, C] -> [C, 1, kh, kw]
+        return [shape[3], 1, *shape[1:3]]
+    if op == "CONV_2D":  # [Cout, kh, kw, Cin] -> [Cout, Cin, kh, kw]
+        return [shape[0], shape[3], *shape[1:3]]
+    if op == "TRANSPOSE_CONV":  # [Cout, kh, kw, Cin] -> [Cin, Cout, kh, kw]
+        return [shape[3], shape[0], *shape[1:3]]
+    return shape  # FULLY_CONNECTED [out, in]; BATCH_MATMUL's second operand
 
 
 def _bits(dtype: object) -> int:
@@ -58,35 +66,24 @@ def tflite_rows(path: Path) -> tuple[list[dict], int]:
     rows = []
     for op in interp._get_ops_details():  # noqa: SLF001 - the interpreter's only op listing
         name = op["op_name"]
-        if name not in _TFLITE_LINEAR:
+        formula = _TFLITE_MACS.get(name)
+        if formula is None:
             continue
         ins = [tensors[i] for i in op["inputs"] if i >= 0]
         out = tensors[op["outputs"][0]]
-        out_n = int(np.prod(out["shape"]))
-        if name == "TRANSPOSE_CONV":  # inputs: output shape, filter [Cout, kh, kw, Cin], x
-            w, x = ins[1], ins[2]
-            macs = int(np.prod(x["shape"])) * int(np.prod(w["shape"][:3]))
-        elif name == "BATCH_MATMUL":
-            x, w = ins[0], ins[1]
-            macs = out_n * int(x["shape"][-1])
-        elif name == "DEPTHWISE_CONV_2D":  # filter [1, kh, kw, C]
-            x, w = ins[0], ins[1]
-            macs = out_n * int(np.prod(w["shape"][1:3]))
-        else:  # CONV_2D filter [Cout, kh, kw, Cin]; FULLY_CONNECTED [out, in]
-            x, w = ins[0], ins[1]
-            macs = out_n * int(np.prod(w["shape"][1:]))
-        rows.append(_row(out["name"] or f"op{op['index']}", name, macs, _bits(w["dtype"]), _bits(x["dtype"])))
+        x, w = (ins[2], ins[1]) if name == "TRANSPOSE_CONV" else (ins[0], ins[1])  # TRANSPOSE_CONV: (shape, w, x)
+        count = macs(formula, list(x["shape"]), _torch_weight_shape(name, list(w["shape"])), list(out["shape"]))
+        rows.append(mac_row(out["name"] or f"op{op['index']}", name, count, _bits(w["dtype"]), _bits(x["dtype"])))
     first = interp.get_input_details()[0]["shape"]
     return rows, int(first[-1])
 
 
 # -- .onnx --------------------------------------------------------------------------------------
-_ONNX_LINEAR = {"Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv", "QLinearMatMul", "ConvInteger",
-                "MatMulInteger"}
+_ONNX_MACS = mac_ops("onnx")
 
 
 # ops that move int8 data without changing it (a QDQ file may put them between DequantizeLinear and a Conv)
-_ONNX_DATA_MOVEMENT = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Flatten", "Identity", "Concat"}
+_ONNX_DATA_MOVEMENT = onnx_ops_with_role("move")
 
 
 def _onnx_runtime_shapes(model: object, names: list[str]) -> dict[str, list[int]]:
@@ -124,7 +121,7 @@ def onnx_rows(path: Path) -> tuple[list[dict], int]:
     dtypes = {i.name: i.data_type for i in graph.initializer}
     for info in list(graph.input) + list(graph.value_info):
         dtypes[info.name] = info.type.tensor_type.elem_type
-    shapes = _onnx_runtime_shapes(model, [n for node in graph.node if node.op_type in _ONNX_LINEAR
+    shapes = _onnx_runtime_shapes(model, [n for node in graph.node if node.op_type in _ONNX_MACS
                                           for n in (*node.input[:2], node.output[0])])
     shapes.update({i.name: list(i.dims) for i in graph.initializer})
     producer = {out: node for node in graph.node for out in node.output}
@@ -148,82 +145,22 @@ def onnx_rows(path: Path) -> tuple[list[dict], int]:
 
     rows = []
     for node in graph.node:
-        if node.op_type not in _ONNX_LINEAR:
+        if node.op_type not in _ONNX_MACS:
             continue
         quantized_op = node.op_type.startswith("QLinear")
         x, w = (node.input[0], node.input[3]) if quantized_op else (node.input[0], node.input[1])
         out_shape, w_shape, x_shape = shapes.get(node.output[0]), shapes.get(w), shapes.get(x)
         if not out_shape or not w_shape or 0 in out_shape:
             raise RuntimeLoadError(f"{path}: shape inference left {node.op_type} {node.name!r} without shapes")
-        out_n = math.prod(out_shape)
-        if node.op_type == "ConvTranspose":  # W [Cin, Cout/g, k...]
-            macs = math.prod(x_shape) * math.prod(w_shape[1:])
-        elif "Conv" in node.op_type:  # W [Cout, Cin/g, k...]
-            macs = out_n * math.prod(w_shape[1:])
-        elif node.op_type == "Gemm":
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            macs = out_n * (w_shape[1] if trans_b else w_shape[0])
-        else:  # MatMul: (..., M, K) x (..., K, N)
-            macs = out_n * x_shape[-1]
-        rows.append(_row(node.name or node.output[0], node.op_type, macs, stored_bits(w), stored_bits(x)))
+        if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute):
+            w_shape = list(reversed(w_shape))  # Gemm's B is [in, out] unless transB
+        count = macs(_ONNX_MACS[node.op_type], x_shape or [], w_shape, out_shape)
+        rows.append(mac_row(node.name or node.output[0], node.op_type, count, stored_bits(w), stored_bits(x)))
     first = graph.input[0].type.tensor_type.shape.dim
     return rows, int(first[len(first) - 1].dim_value)
 
 
 # -- checkpoints --------------------------------------------------------------------------------
-_ATEN = torch.ops.aten
-_TORCH_LINEAR = {
-    _ATEN.conv1d.default: "conv", _ATEN.conv2d.default: "conv", _ATEN.convolution.default: "convolution",
-    _ATEN.conv_transpose1d.default: "conv_transpose", _ATEN.linear.default: "linear",
-    _ATEN.matmul.default: "matmul", _ATEN.mm.default: "matmul", _ATEN.bmm.default: "matmul",
-    _ATEN.addmm.default: "addmm",
-}
-
-
-def _feeding_bits(gm: torch.fx.GraphModule, node: object) -> int:
-    """Bit width of the quantizer that produced ``node`` (through reshapes etc.); 32 if none."""
-    for _ in range(_PASS_THROUGH_HOPS):
-        if not isinstance(node, torch.fx.Node):
-            return 32
-        if node.op == "call_module":
-            bits = getattr(gm.get_submodule(node.target), "bits", None)
-            if bits is not None:
-                return int(bits)
-        if not node.args:
-            return 32
-        node = node.args[0]
-        if isinstance(node, (list, tuple)) and node:  # cat/stack: their inputs share one quantizer
-            node = node[0]
-    return 32
-
-
-class _MacRecorder(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.rows: list[dict] = []
-
-    def run_node(self, n: torch.fx.Node) -> object:
-        result = super().run_node(n)
-        kind = _TORCH_LINEAR.get(n.target) if n.op == "call_function" else None
-        if kind is None:
-            return result
-        args = [self.env[a] if isinstance(a, torch.fx.Node) else a for a in n.args]
-        x_node, w_node = (n.args[1], n.args[2]) if kind == "addmm" else (n.args[0], n.args[1])
-        x, w = (args[1], args[2]) if kind == "addmm" else (args[0], args[1])
-        transposed = kind == "conv_transpose" or (kind == "convolution" and bool(args[6]))
-        if transposed:  # weight [Cin, Cout/g, k...]: every input element meets Cout/g x k weights
-            macs = x.numel() * math.prod(w.shape[1:])
-        elif kind in ("conv", "convolution"):
-            macs = result.numel() * math.prod(w.shape[1:])
-        elif kind == "linear":
-            macs = result.numel() * w.shape[-1]
-        else:
-            macs = result.numel() * x.shape[-1]
-        self.rows.append(_row(n.name, str(n.target).split(".")[1], macs, _feeding_bits(self.module, w_node),
-                              _feeding_bits(self.module, x_node)))
-        return result
-
-
 def checkpoint_rows(path: Path, chunk_samples: int) -> list[dict]:
     """Rows of a checkpoint run once on ``chunk_samples`` of audio (split FQSE input included)."""
     from compressor.checkpoint import load_model
@@ -235,14 +172,8 @@ def checkpoint_rows(path: Path, chunk_samples: int) -> list[dict]:
         graph_module, example = model.graph_module, torch.zeros(shape)
     else:
         example = torch.zeros(1, chunk_samples)
-        graph_module = torch.export.export(model.eval(), (example,)).module()
-        # as in the quantized graphs and the files: outputs nothing uses (the last block's residual) cost nothing
-        graph_module.graph.eliminate_dead_code()
-        graph_module.recompile()
-    recorder = _MacRecorder(graph_module)
-    with torch.no_grad():
-        recorder.run(example)
-    return recorder.rows
+        graph_module = traced(model, example)
+    return mac_rows(graph_module, example)
 
 
 def model_bops(path: str | Path, chunk_samples: int | None = None, sample_rate: int = 16000,

@@ -31,7 +31,8 @@ from compressor.data import open_dataset
 from compressor.demo import DEMO_CHECKPOINT
 from compressor.evaluation import evaluate
 from compressor.fqse import FQSEPipeline
-from compressor.fqse.cost import count_macs, float_size_mb, gbops, quantized_size_mb
+from compressor.ops.macs import count_macs
+from compressor.fqse.cost import float_size_mb, gbops, quantized_size_mb
 from compressor.recipes import RecipeContext, get_recipe
 from compressor.recipes.fqse import FQSE, build_core
 from compressor.reporting import model_entry

@@ -15,17 +15,16 @@ from typing import Any
 import onnx
 
 from compressor.errors import ExportError
+from compressor.ops.registry import onnx_ops_with_role
 
-ONNX_MOVE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Concat", "Split", "Flatten",
-                 "Identity", "Expand", "Gather", "MaxPool", "Tile"}
-ONNX_QDQ = {"QuantizeLinear", "DequantizeLinear"}
-ONNX_NON_COMPUTE = {"Constant", "Shape", "ConstantOfShape", "Cast", "Range", "Size"}
-# boolean masks (PReLU's x > 0): no float result, they feed Where
-ONNX_MASK_OPS = {"Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or"}
-# fused into their producer or consumer by ORT's QDQ passes: Relu/Clip into the
-# QuantizeLinear after them (zero-point at the range's bottom); Sqrt+Reciprocal
-# is how torch.onnx writes one rsqrt
-ONNX_FUSED_AFTER = {"Relu", "Clip", "Reciprocal"}
+# what each ONNX node type is to this check: the op registry's roles
+ONNX_MOVE_OPS = onnx_ops_with_role("move")
+ONNX_QDQ = onnx_ops_with_role("qdq")
+ONNX_NON_COMPUTE = onnx_ops_with_role("meta")
+ONNX_MASK_OPS = onnx_ops_with_role("mask")  # boolean masks (PReLU's x > 0): no float result, they feed Where
+# fused into their producer or consumer by ORT's QDQ passes: Relu/Clip into the QuantizeLinear after them
+# (zero-point at the range's bottom); Sqrt+Reciprocal is how torch.onnx writes one rsqrt
+ONNX_FUSED_AFTER = onnx_ops_with_role("fused")
 
 
 def tflite_ops(path: Path) -> dict[str, Any]:

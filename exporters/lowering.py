@@ -35,7 +35,7 @@ from torch import fx, nn
 from compressor.errors import ExportError
 from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, quantizer_at, source_location
 from compressor.quant.model import QuantizedModel
-from compressor.quant.ops import rule_for
+from compressor.ops.registry import record_for
 from compressor.quant.quantizers import ActivationQuantizer, BiasQuantizer, FixedQParamsQuantizer, WeightQuantizer
 
 aten = torch.ops.aten
@@ -406,7 +406,7 @@ class _Lowerer:
         if node.target == qd.dequantize_per_tensor.default:
             _, scale, zero_point, qmin, qmax, _ = node.args
             return TensorQParams(scale, zero_point, qmin, qmax)
-        rule = rule_for(node.target) if node.op == "call_function" else None
+        rule = record_for(node.target) if node.op == "call_function" else None
         if rule is not None and rule.kind in ("move", "shared"):
             sources = node.args[0] if isinstance(node.args[0], (list, tuple)) else [node.args[0]]
             for source in sources:

@@ -18,12 +18,12 @@ from pathlib import Path
 import onnx
 
 from exporters.api import ExportConfig, export
-from exporters.op_catalog import OP_FIXTURES, calibration_chunks, quantized_fixture
+from compressor.ops.fixtures import FIXTURES, calibration_chunks, quantized_fixture
+from compressor.ops.registry import moving_ops, onnx_ops_with_role
 
 START, END = "<!-- op-table:start -->", "<!-- op-table:end -->"
-_BOUNDARY = {"QuantizeLinear", "DequantizeLinear", "QUANTIZE", "DEQUANTIZE", "Constant", "Shape", "Cast"}
-_MOVE = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Concat", "Gather", "Identity",
-         "RESHAPE", "TRANSPOSE", "PAD", "CONCATENATION", "SLICE", "STRIDED_SLICE", "SQUEEZE", "EXPAND_DIMS"}
+_BOUNDARY = onnx_ops_with_role("qdq", "meta") | {"QUANTIZE", "DEQUANTIZE"}
+_MOVE = moving_ops()
 
 
 def _ort_kernels(path: Path, workdir: Path) -> list[str]:
@@ -52,7 +52,7 @@ def _ort_cell(kernels: list[str]) -> str:
 
 def measure(workdir: Path) -> list[dict[str, str]]:
     rows = []
-    for name in OP_FIXTURES:
+    for name in FIXTURES:
         qmodel = quantized_fixture(name)
         row = {"op": name}
         for target in ("tflite", "onnx"):

@@ -28,15 +28,15 @@ from typing import Any
 
 import numpy as np
 
-# ops with numpy broadcasting and no axis argument
-_ELEMENTWISE = {
-    "ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "LEAKY_RELU", "PRELU", "RELU",
-    "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LOGISTIC", "TANH", "RSQRT", "SQRT", "ABS", "NEG", "EXP", "LOG",
-    "HARD_SWISH", "QUANTIZE", "SELECT", "SELECT_V2", "GREATER", "GREATER_EQUAL", "LESS", "LESS_EQUAL",
-    "EQUAL", "NOT_EQUAL", "SQUARE", "POW",
-}
-_REDUCERS = {"MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"}
-_PADS = {"PAD", "PADV2"}
+from compressor.ops.registry import target_op
+
+
+def _layout(name: str) -> str:
+    """How this pass may treat a TFLite op: its layout in the op registry ('opaque' if unknown)."""
+    op = target_op("tflite", name)
+    return op.layout if op is not None else "opaque"
+
+
 _AXIS = {0: 0, 1: 3, 2: 2}  # [N, C, T] axis -> [N, 1, T, C] axis
 _TO_CHANNELS_FIRST = [0, 3, 1, 2]  # NHWC -> NCHW
 _TO_CHANNELS_LAST = [0, 2, 3, 1]
@@ -109,10 +109,10 @@ class _Rewriter:
         producer, _ = self.index()
         graph_io = self.graph_io()
         for i, op in enumerate(self.sg.operators):
-            if self.name(op) != "TRANSPOSE" or int(op.outputs[0]) in graph_io:
+            if _layout(self.name(op)) != "transpose" or int(op.outputs[0]) in graph_io:
                 continue
             first = producer.get(int(op.inputs[0]))
-            if first is None or self.name(self.sg.operators[first]) != "TRANSPOSE":
+            if first is None or _layout(self.name(self.sg.operators[first])) != "transpose":
                 continue
             p1, p2 = self.perm(self.sg.operators[first]), self.perm(op)
             if p1 is None or p2 is None or [p1[k] for k in p2] != list(range(len(p1))):
@@ -155,7 +155,7 @@ class _Rewriter:
             touched = [int(t) for t in list(op.inputs) + list(op.outputs) if t >= 0 and int(t) in activations]
             if not touched:
                 continue
-            if name == "RESHAPE":
+            if _layout(name) == "reshape":
                 kind = self.boundary(i, producer, consumers, activations)
                 if kind is None:
                     bad.update(touched)
@@ -184,7 +184,7 @@ class _Rewriter:
 
     def understood(self, op: Any, name: str, activations: set[int]) -> bool:
         ins = [int(t) for t in op.inputs if t >= 0]
-        if name in _ELEMENTWISE:
+        if _layout(name) == "elementwise":
             for t in ins:
                 if t in activations:
                     continue
@@ -196,13 +196,13 @@ class _Rewriter:
         if not all(t in activations for t in data_and_out) or len(op.outputs) != 1:
             return False
         params = ins[1:]
-        if name in _REDUCERS:
+        if _layout(name) == "reducer":
             return len(params) == 1 and self.is_constant(params[0]) and bool(getattr(op.builtinOptions, "keepDims", False))
-        if name in _PADS:
+        if _layout(name) == "pad":
             return self.is_constant(params[0]) and all(t in activations or self.is_constant(t) for t in params)
-        if name == "SLICE":
+        if _layout(name) == "slice":
             return len(params) == 2 and all(self.is_constant(t) for t in params)
-        if name == "CONCATENATION":
+        if _layout(name) == "concat":
             return all(t in activations for t in ins)
         return False
 
@@ -215,7 +215,7 @@ class _Rewriter:
         if dst in activations and src not in activations:
             t = producer.get(src)
             n, c, w = self.shape(dst)
-            if (t is not None and self.name(self.sg.operators[t]) == "TRANSPOSE"
+            if (t is not None and _layout(self.name(self.sg.operators[t])) == "transpose"
                     and self.perm(self.sg.operators[t]) == _TO_CHANNELS_FIRST and self.shape(src) == [n, c, 1, w]
                     and self.same_qparams(dst, int(self.sg.operators[t].inputs[0]))):
                 return ("out", t)
@@ -223,7 +223,7 @@ class _Rewriter:
         if src in activations and dst not in activations:
             users = consumers.get(dst, [])
             n, c, w = self.shape(src)
-            if (len(users) == 1 and self.name(self.sg.operators[users[0]]) == "TRANSPOSE"
+            if (len(users) == 1 and _layout(self.name(self.sg.operators[users[0]])) == "transpose"
                     and self.perm(self.sg.operators[users[0]]) == _TO_CHANNELS_LAST
                     and self.shape(dst) == [n, c, 1, w] and dst not in self.graph_io()
                     and int(self.sg.operators[users[0]].outputs[0]) not in self.graph_io()
@@ -253,24 +253,24 @@ class _Rewriter:
             op, name = self.sg.operators[i], self.name(self.sg.operators[i])
             if i in boundaries:
                 continue
-            if name in _ELEMENTWISE:
+            if _layout(name) == "elementwise":
                 op.inputs = np.asarray([self.nhwc_constant(int(t)) if t >= 0 and self.is_constant(int(t))
                                         and len(self.shape(int(t))) == 3 else int(t) for t in op.inputs], dtype=np.int32)
-            elif name in _REDUCERS:
+            elif _layout(name) == "reducer":
                 before = {int(a) % 3 for a in self.constant(int(op.inputs[1])).reshape(-1)}
                 # over channels and time: over every non-batch axis, the singleton one included
                 axes = {_AXIS[a] for a in before} | ({1} if {1, 2} <= before else set())
                 op.inputs[1] = self.new_constant(int(op.inputs[1]), np.asarray(sorted(axes), dtype=np.int32))
-            elif name in _PADS:
+            elif _layout(name) == "pad":
                 pads = self.constant(int(op.inputs[1])).reshape(3, 2)
                 pads = np.stack([pads[0], np.zeros(2, dtype=pads.dtype), pads[2], pads[1]])
                 op.inputs[1] = self.new_constant(int(op.inputs[1]), pads)
-            elif name == "SLICE":
+            elif _layout(name) == "slice":
                 for k, singleton in ((1, 0), (2, 1)):
                     v = self.constant(int(op.inputs[k])).reshape(-1)
                     values = np.asarray([v[0], singleton, v[2], v[1]], dtype=v.dtype)
                     op.inputs[k] = self.new_constant(int(op.inputs[k]), values)
-            elif name == "CONCATENATION":
+            elif _layout(name) == "concat":
                 op.builtinOptions = copy.copy(op.builtinOptions)
                 op.builtinOptions.axis = _AXIS[int(op.builtinOptions.axis) % 3]
         for i in ours:

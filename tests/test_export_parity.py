@@ -12,7 +12,7 @@ import torch
 
 from exporters import ExportConfig, export
 from exporters.sessions import open_session
-from exporters.op_catalog import OP_FIXTURES, calibration_chunks, quantized_fixture
+from compressor.ops.fixtures import FIXTURES, calibration_chunks, quantized_fixture
 
 TOLERANCE_LSB = 1
 
@@ -41,7 +41,7 @@ def _max_lsb(qmodel, path) -> int:
 
 @pytest.mark.parametrize("weight_bits", [8, 7])
 @pytest.mark.parametrize("target", ["onnx", "tflite"])
-@pytest.mark.parametrize("name", sorted(OP_FIXTURES))
+@pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_op_parity(tmp_path, name, target, weight_bits):
     qmodel, path, result = _export(tmp_path, name, target, weight_bits)
     assert result.ops["float_op_count"] == 0, result.ops

@@ -6,7 +6,8 @@ from compressor.checkpoint import load_model, save_quantized
 from compressor.data import open_dataset, to_int16, from_int16
 from compressor.fqse import FQSEConvTasNet, FQSEModelConfig, FQSEPipeline, IOConfig, io_quantizers
 from compressor.fqse.io_codec import SPLIT_SCALE
-from compressor.fqse.cost import count_macs, gbops, quantized_size_mb
+from compressor.ops.macs import count_macs
+from compressor.fqse.cost import gbops, quantized_size_mb
 from compressor.recipes import RecipeContext, get_recipe, inference_model
 from compressor.recipes.fqse import FQSEConfig
 

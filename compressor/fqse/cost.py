@@ -2,45 +2,15 @@
 
 BOPs = MACs x weight bits x activation bits (the paper's GBOP column counts
 the multiply-accumulates of the linear layers: conv, transposed conv,
-linear). Elementwise ops (norms, PReLU, the mask product) are not counted,
-as in the paper. A full BOPs counter belongs to benchmarks/; this one only
-has to compare models built from the same layers.
+linear), counted by compressor.ops.macs.count_macs.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from compressor.quant import QuantizedModel
 from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value
 from compressor.quant.quantizers import BiasQuantizer
-
-
-@torch.no_grad()
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of every Conv1d, ConvTranspose1d and Linear in one forward of ``example``."""
-    total = 0
-
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal total
-        x = inputs[0]
-        if isinstance(module, nn.Conv1d):
-            total += output.numel() * (module.in_channels // module.groups) * module.kernel_size[0]
-        elif isinstance(module, nn.ConvTranspose1d):
-            # every input element is scattered to out_channels/groups x kernel outputs
-            total += x.numel() * (module.out_channels // module.groups) * module.kernel_size[0]
-        elif isinstance(module, nn.Linear):
-            total += output.numel() * module.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d, nn.Linear))]
-    try:
-        model.eval()
-        model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
 
 
 def gbops(macs: int, weight_bits: int, activation_bits: int) -> float:
@@ -68,4 +38,4 @@ def quantized_size_mb(qmodel: QuantizedModel) -> float:
     return size_bits / 8 / 1e6
 
 
-__all__ = ["count_macs", "float_size_mb", "gbops", "quantized_size_mb"]
+__all__ = ["float_size_mb", "gbops", "quantized_size_mb"]

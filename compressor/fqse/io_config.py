@@ -19,7 +19,7 @@ from compressor.errors import ConfigError
 from compressor.fqse.io_codec import DEFAULT_GAIN, SPLIT_SCALE, SPLIT_ZERO_POINT
 from compressor.quant import QuantizedModel
 from compressor.quant.graph import QUANTIZER_ROOT
-from compressor.quant.ops import rule_for
+from compressor.ops.registry import record_for
 from compressor.quant.quantizers import ActivationQuantizer
 
 INPUT_PRECISIONS = ("8bit", "split", "16bit")
@@ -53,7 +53,7 @@ def _quantizer_of(node: fx.Node) -> str | None:
     while isinstance(node, fx.Node):
         if node.op == "call_module" and str(node.target).startswith(prefix):
             return str(node.target)[len(prefix):]
-        if node.op == "call_function" and (rule_for(node.target) is None or rule_for(node.target).kind != "move"):
+        if node.op == "call_function" and (record_for(node.target) is None or record_for(node.target).kind != "move"):
             return None
         if node.op != "call_function" or not node.args:
             return None

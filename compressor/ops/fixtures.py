@@ -1,5 +1,7 @@
 """Small single-op models: the export parity grid's fixtures and the source of the README op table.
 
+Each op record in compressor/ops/registry.py names the fixtures that exercise it.
+
 Each model wraps one op of interest (most behind a 1x1 conv, so the op
 sees a learned, signed input); ``quantized_fixture`` quantizes and
 calibrates one.
@@ -120,7 +122,7 @@ class Mean(nn.Module):
         return self.conv(x).mean(dim=1, keepdim=True)
 
 
-OP_FIXTURES = {
+FIXTURES = {
     "conv1d": lambda: Conv1d(),
     "conv1d_depthwise": lambda: Conv1d(groups=8),
     "conv1d_dilated": lambda: Conv1d(dilation=4),
@@ -149,7 +151,7 @@ def quantized_fixture(name: str, weight_bits: int = 8):
     from compressor.quant import QuantConfig, calibrate, quantize
 
     torch.manual_seed(0)
-    model = OP_FIXTURES[name]().eval()
+    model = FIXTURES[name]().eval()
     x = torch.randn(*INPUT_SHAPE)
     qmodel = quantize(model, torch.cat([x, x]), QuantConfig(weight_bits=weight_bits))
     calibrate(qmodel, [torch.randn(2, *INPUT_SHAPE[1:]) for _ in range(4)])
@@ -161,4 +163,4 @@ def calibration_chunks(count: int = 3):
     return [torch.randn(*INPUT_SHAPE, generator=gen).numpy() for _ in range(count)]
 
 
-__all__ = ["INPUT_SHAPE", "OP_FIXTURES", "calibration_chunks", "quantized_fixture"]
+__all__ = ["FIXTURES", "INPUT_SHAPE", "calibration_chunks", "quantized_fixture"]

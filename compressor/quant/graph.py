@@ -17,7 +17,8 @@ from torch import fx, nn
 
 from compressor.errors import UnsupportedOpError
 from compressor.quant.config import QuantConfig
-from compressor.quant.ops import REFUSED_HINTS, OpRule, op_name, rule_for
+from compressor.ops.record import OpRecord
+from compressor.ops.registry import SPECTRAL_HINT, op_name, record_for
 from compressor.quant.quantizers import (
     ActivationQuantizer,
     BiasQuantizer,
@@ -50,6 +51,12 @@ def _is_float_tensor(node: Any) -> bool:
     if isinstance(val, (list, tuple)):
         return any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in val)
     return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+def _is_complex_tensor(node: Any) -> bool:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    values = val if isinstance(val, (list, tuple)) else [val]
+    return any(isinstance(v, torch.Tensor) and v.is_complex() for v in values)
 
 
 def source_location(node: fx.Node) -> str:
@@ -128,46 +135,50 @@ class _Planner:
             )
 
     def plan_call(self, node: fx.Node) -> None:
+        record = record_for(node.target)
+        refused = record is not None and not record.quantizable
+        if refused or _is_complex_tensor(node):
+            # refused whatever its dtype: a complex STFT is no float tensor, yet it is a float island
+            self.refuse(node, record.hint if refused else SPECTRAL_HINT)
+            return
         if not _is_float_tensor(node):
             return  # shapes, masks, indices: nothing to quantize
-        rule = rule_for(node.target)
-        if rule is None:
-            hint = REFUSED_HINTS.get(node.target, "no int8 form is known for it")
-            self.unsupported.append(f"{op_name(node.target)} ({node.name}) at {source_location(node)} — {hint}")
+        if record is None:
+            self.refuse(node, "no int8 form is known for it")
             return
         inputs = _tensor_inputs(node)
-        if rule.positive_input is not None and len(inputs) > rule.positive_input:
-            group = self.group_of.get(inputs[rule.positive_input])
+        if record.positive_input is not None and len(inputs) > record.positive_input:
+            group = self.group_of.get(inputs[record.positive_input])
             if group is not None:
                 group.root().positive = True
-        if rule.kind == "weighted":
-            self.plan_weighted(node, rule)
+        if record.kind == "weighted":
+            self.plan_weighted(node, record)
         else:
             for inp in inputs:
                 if inp.op == "get_attr":
                     self.constants.add(inp)
-        if rule.kind in ("move",):
+        if record.kind in ("move",):
             src = inputs[0] if inputs else None
             if src is not None and src.op == "get_attr":
                 return  # a reshaped constant: quantized where it is used
             self.group_of[node] = self.group_of.get(src) or self.new_group(node)
             return
-        if rule.kind == "shared":
+        if record.kind == "shared":
             members = [self.group_of[i] for i in inputs if i in self.group_of]
             self.group_of[node] = self.unite(members) if members else self.new_group(node)
             return
-        if rule.kind == "fixed":
-            self.new_group(node, fixed=rule.fixed)
+        if record.kind == "fixed":
+            self.new_group(node, fixed=record.fixed)
             return
-        if rule.kind == "relu" and self.config.fuse_relu and inputs:
+        if record.kind == "relu" and self.config.fuse_relu and inputs:
             producer = inputs[0]
             group = self.group_of.get(producer)
             if (
                 group is not None
                 and len(producer.users) == 1
                 and producer.op == "call_function"
-                and rule_for(producer.target) is not None
-                and rule_for(producer.target).kind in ("weighted", "compute")
+                and record_for(producer.target) is not None
+                and record_for(producer.target).kind in ("weighted", "compute")
                 and group.root().sites == [producer]
             ):
                 group.root().sites = [node]
@@ -176,7 +187,10 @@ class _Planner:
                 return
         self.new_group(node)
 
-    def plan_weighted(self, node: fx.Node, rule: OpRule) -> None:
+    def refuse(self, node: fx.Node, hint: str) -> None:
+        self.unsupported.append(f"{op_name(node.target)} ({node.name}) at {source_location(node)} — {hint}")
+
+    def plan_weighted(self, node: fx.Node, record: OpRecord) -> None:
         weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
         bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
@@ -186,7 +200,7 @@ class _Planner:
         groups = 1
         if node.target in (torch.ops.aten.conv_transpose1d.default, torch.ops.aten.conv_transpose2d.input):
             groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-        axis = rule.weight_axis if (self.config.per_channel and groups == 1) else None
+        axis = record.weight_axis if (self.config.per_channel and groups == 1) else None
         self.weights[(node, weight)] = axis
         if isinstance(bias, fx.Node) and bias.op == "get_attr":
             self.biases[node] = bias

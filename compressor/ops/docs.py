@@ -1,0 +1,54 @@
+"""The README's "Supported ops" section, written from the op registry.
+
+    python -m exporters.op_table --readme README.md   # rewrites it with the measured op table
+"""
+from __future__ import annotations
+
+from compressor.ops.record import OpRecord
+from compressor.ops.registry import RECORDS, op_name, target_op
+
+START, END = "<!-- supported-ops:start -->", "<!-- supported-ops:end -->"
+
+_KIND_TEXT = {
+    "weighted": "int8 per-channel weights, int32 bias, int8 output",
+    "compute": "int8 output",
+    "fixed": "int8 output, fixed qparams",
+    "relu": "fused into the op before it",
+    "move": "keeps its input's qparams",
+    "shared": "inputs and output share one scale",
+    "mask": "boolean, not quantized",
+}
+
+
+def _aten(record: OpRecord) -> str:
+    return ", ".join(f"`{op_name(t).removeprefix('aten.')}`" for t in record.aten)
+
+
+def _ort(record: OpRecord) -> str:
+    float_ops = [n for n in record.onnx if (op := target_op("onnx", n)) is not None and op.role == "float"]
+    if not record.onnx:
+        return "folded away"
+    return "integer" if not float_ops else f"{', '.join(float_ops)} float between DQ/Q"
+
+
+def supported_ops_markdown() -> str:
+    quantized = [r for r in RECORDS if r.quantizable]
+    refused = [r for r in RECORDS if not r.quantizable]
+    lines = [
+        f"{len(quantized)} ops ({sum(len(r.aten) for r in quantized)} ATen targets) are quantized; "
+        f"{len(refused)} are refused with a hint. TFLite runs every listed op with an int8 kernel; onnxruntime "
+        "fuses some into integer kernels and runs the rest in float between DequantizeLinear and QuantizeLinear "
+        "(the QDQ contract). The measured op table below shows what each fixture's files contain.",
+        "",
+        "| op | ATen targets | quantized as | TFLite ops | ONNX ops | onnxruntime | parity fixtures |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in quantized:
+        lines.append(f"| {r.name} | {_aten(r)} | {_KIND_TEXT[r.kind]} | {', '.join(r.tflite) or '-'} | "
+                     f"{', '.join(r.onnx) or '-'} | {_ort(r)} | {', '.join(r.fixture) or '-'} |")
+    lines += ["", "Refused (a float island is never left in a file):", ""]
+    lines += [f"- {r.name} ({_aten(r)}): {r.hint}" for r in refused]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["END", "START", "supported_ops_markdown"]

@@ -1,0 +1,236 @@
+"""The op registry: every op the toolkit quantizes, lowers, exports, counts or refuses.
+
+Everything that needs to know about an op reads it from here: quantize()
+(compressor/quant/graph.py), the lowering, the ONNX float-op check, the
+channels-last TFLite pass, the BOPs counter, the README's op tables and the
+export parity grid. A new op is one ``OpRecord`` below plus a fixture in
+compressor/ops/fixtures.py; tests/test_op_registry.py fails when either is
+missing. Registration is this literal list, nothing registers by import.
+"""
+from __future__ import annotations
+
+import operator
+from functools import cache
+from typing import Any, Iterable
+
+import torch
+
+from compressor.ops.record import OpRecord, TargetOp
+
+aten = torch.ops.aten
+
+SPECTRAL_HINT = ("complex tensors have no int8 form: compute the STFT before the model and the iSTFT after it "
+                  "(feed real/imaginary or magnitude features, e.g. torch.view_as_real(spec), as a float input) "
+                  "and quantize only the network between them")
+_NORM_HINT = "write the norm as explicit ops (mean, sub, mul, mean, add eps, rsqrt, mul)"
+_RNN_HINT = "runs as one float kernel; write the cell out (Linear, sigmoid, tanh, mul, add)"
+
+
+def _records() -> tuple[OpRecord, ...]:
+    R = OpRecord
+    return (
+        # -- MAC layers ---------------------------------------------------------------------------
+        R("conv1d", (aten.conv1d.default,), "weighted", ("CONV_2D", "DEPTHWISE_CONV_2D"), ("Conv",),
+          macs="conv", fixture=("conv1d", "conv1d_depthwise", "conv1d_dilated")),
+        R("conv2d", (aten.conv2d.default,), "weighted", ("CONV_2D", "DEPTHWISE_CONV_2D"), ("Conv",),
+          macs="conv", fixture=("conv2d",)),
+        R("conv_transpose1d", (aten.conv_transpose1d.default,), "weighted", ("CONV_2D", "RESHAPE", "TRANSPOSE"),
+          ("Conv", "Reshape", "Transpose"), weight_axis=1, macs="conv_transpose", fixture=("conv_transpose1d",),
+          hint="lowered to a polyphase conv1d + reshape (nn.ConvTranspose1d itself runs float in both runtimes)"),
+        R("conv_transpose2d", (aten.conv_transpose2d.input,), "weighted", ("TRANSPOSE_CONV",), ("ConvTranspose",),
+          weight_axis=1, macs="conv_transpose"),
+        R("linear", (aten.linear.default,), "weighted", ("FULLY_CONNECTED", "RESHAPE"), ("Gemm", "Reshape"),
+          macs="linear", fixture=("linear",), hint="linear on N-d input -> 2-d linear"),
+        R("matmul", (aten.matmul.default, aten.bmm.default, aten.mm.default), "compute",
+          ("BATCH_MATMUL", "FULLY_CONNECTED"), ("MatMul",), macs="matmul"),
+        # -- elementwise arithmetic ---------------------------------------------------------------
+        R("add", (aten.add.Tensor, aten.add.Scalar), "compute", ("ADD",), ("Add",), fixture=("add",)),
+        R("sub", (aten.sub.Tensor, aten.sub.Scalar, aten.rsub.Scalar), "compute", ("SUB",), ("Sub",)),
+        R("mul", (aten.mul.Tensor, aten.mul.Scalar), "compute", ("MUL",), ("Mul",), fixture=("mul",)),
+        R("div", (aten.div.Tensor, aten.div.Scalar), "compute", ("DIV", "MAXIMUM"), ("Div", "Clip"), positive_input=1),
+        R("reciprocal", (aten.reciprocal.default,), "compute", ("DIV", "MAXIMUM"), ("Reciprocal", "Clip"),
+          positive_input=0),
+        R("sqrt", (aten.sqrt.default,), "compute", ("SQRT", "MAXIMUM"), ("Sqrt", "Clip"), positive_input=0),
+        R("rsqrt", (aten.rsqrt.default,), "compute", ("RSQRT", "MAXIMUM"), ("Sqrt", "Reciprocal", "Clip"),
+          positive_input=0, fixture=("gln", "cln", "layernorm")),
+        R("log", (aten.log.default,), "compute", ("LOG", "MAXIMUM"), ("Log", "Clip"), positive_input=0),
+        R("exp", (aten.exp.default,), "compute", ("EXP",), ("Exp",)),
+        R("abs", (aten.abs.default,), "compute", ("ABS",), ("Abs",)),
+        R("neg", (aten.neg.default,), "compute", ("NEG",), ("Neg",)),
+        R("square", (aten.square.default, aten.pow.Tensor_Scalar), "compute", ("MUL", "SQUARE", "POW"),
+          ("Mul", "Pow")),
+        R("clamp", (aten.clamp.default,), "compute", ("MAXIMUM", "MINIMUM", "RELU_N1_TO_1", "RELU6"), ("Clip",)),
+        # -- activations --------------------------------------------------------------------------
+        R("relu", (aten.relu.default, aten.relu_.default), "relu", ("RELU",), ("Relu",), fixture=("relu",),
+          hint="fused into the conv/linear/add before it"),
+        R("hardtanh", (aten.hardtanh.default, aten.relu6.default), "relu", ("RELU6", "RELU_N1_TO_1", "MAXIMUM",
+                                                                         "MINIMUM"), ("Clip",)),
+        R("prelu", (aten.prelu.default,), "compute", ("GREATER", "MUL", "SELECT", "SELECT_V2", "LEAKY_RELU"),
+          ("Greater", "Mul", "Where", "LeakyRelu"), fixture=("prelu", "prelu_shared"),
+          hint="one slope -> leaky_relu; per-channel slopes -> where(x > 0, x, a * x)"),
+        R("leaky_relu", (aten.leaky_relu.default,), "compute", ("LEAKY_RELU",), ("LeakyRelu",)),
+        R("gelu", (aten.gelu.default,), "compute", ("GELU",), ("Gelu",)),
+        R("silu", (aten.silu.default,), "compute", ("LOGISTIC", "MUL"), ("Sigmoid", "Mul")),
+        R("elu", (aten.elu.default,), "compute", ("ELU",), ("Elu",)),
+        R("hardswish", (aten.hardswish.default,), "compute", ("HARD_SWISH",), ("HardSwish",)),
+        R("sigmoid", (aten.sigmoid.default,), "fixed", ("LOGISTIC",), ("Sigmoid",), fixed="sigmoid",
+          fixture=("sigmoid",)),
+        R("tanh", (aten.tanh.default,), "fixed", ("TANH",), ("Tanh",), fixed="tanh", fixture=("tanh",)),
+        R("softmax", (aten.softmax.int, aten._softmax.default), "fixed", ("SOFTMAX",), ("Softmax",),
+          fixed="softmax"),
+        R("log_softmax", (aten.log_softmax.int,), "compute", ("LOG_SOFTMAX",), ("LogSoftmax",)),
+        # -- reductions and pooling ---------------------------------------------------------------
+        R("mean", (aten.mean.dim, aten.mean.default), "compute", ("MEAN",), ("ReduceMean",),
+          fixture=("mean", "gln")),
+        R("sum", (aten.sum.dim_IntList, aten.sum.default), "compute", ("SUM",), ("ReduceSum",)),
+        R("avg_pool", (aten.avg_pool1d.default, aten.avg_pool2d.default, aten.adaptive_avg_pool1d.default,
+                       aten.adaptive_avg_pool2d.default), "compute", ("AVERAGE_POOL_2D", "MEAN"),
+          ("AveragePool", "GlobalAveragePool", "ReduceMean")),
+        R("max_pool", (aten.max_pool1d.default, aten.max_pool2d.default), "move", ("MAX_POOL_2D",), ("MaxPool",)),
+        R("amax", (aten.amax.default, aten.max.dim), "move", ("REDUCE_MAX",), ("ReduceMax",)),
+        # -- constants: new tensors, quantized like computed ones; folded into the file -----------
+        R("constant", (aten.zeros.default, aten.ones.default, aten.full.default, aten.zeros_like.default,
+                       aten.ones_like.default, aten.full_like.default, aten.scalar_tensor.default), "compute"),
+        # -- data movement and exact no-ops -------------------------------------------------------
+        R("reshape", (aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints,
+                      aten.unflatten.int, aten.unsqueeze.default, aten.squeeze.dim, aten.squeeze.dims,
+                      aten.squeeze.default), "move", ("RESHAPE", "SQUEEZE", "EXPAND_DIMS"),
+          ("Reshape", "Squeeze", "Unsqueeze", "Flatten"), fixture=("reshape_transpose",)),
+        R("transpose", (aten.permute.default, aten.transpose.int, aten.t.default), "move", ("TRANSPOSE",),
+          ("Transpose",), fixture=("reshape_transpose", "linear")),
+        R("identity", (aten.contiguous.default, aten.clone.default, aten.alias.default, aten.detach.default,
+                       aten.dropout.default), "move", (), ("Identity",), hint="exact no-op in eval mode"),
+        R("slice", (aten.slice.Tensor, aten.select.int, aten.narrow.default, aten.split.Tensor,
+                    aten.split_with_sizes.default, aten.chunk.default, aten.unbind.int, operator.getitem), "move",
+          ("SLICE", "STRIDED_SLICE", "SPLIT", "SPLIT_V", "UNPACK", "RESHAPE"), ("Slice", "Split", "Squeeze")),
+        R("pad", (aten.pad.default, aten.constant_pad_nd.default), "move", ("PAD", "PADV2"), ("Pad",)),
+        R("expand", (aten.expand.default, aten.repeat.default), "move", ("BROADCAST_TO", "TILE"),
+          ("Expand", "Tile")),
+        R("flip", (aten.flip.default,), "move", ("REVERSE_V2",), ("Slice",)),
+        R("roll", (aten.roll.default,), "move", ("SLICE", "CONCATENATION"), ("Slice", "Concat")),
+        R("index_select", (aten.index_select.default,), "move", ("GATHER",), ("Gather",)),
+        R("cat", (aten.cat.default,), "shared", ("CONCATENATION",), ("Concat",), fixture=("concat",)),
+        R("stack", (aten.stack.default,), "shared", ("PACK", "CONCATENATION", "RESHAPE"),
+          ("Unsqueeze", "Concat")),
+        R("where", (aten.where.self,), "shared", ("SELECT", "SELECT_V2"), ("Where",), fixture=("prelu",)),
+        # -- comparisons: boolean masks for where, nothing to quantize ----------------------------
+        R("compare", (aten.gt.Scalar, aten.gt.Tensor, aten.ge.Scalar, aten.ge.Tensor, aten.lt.Scalar,
+                      aten.lt.Tensor, aten.le.Scalar, aten.le.Tensor, aten.eq.Scalar, aten.eq.Tensor,
+                      aten.ne.Scalar, aten.ne.Tensor), "mask",
+          ("GREATER", "GREATER_EQUAL", "LESS", "LESS_EQUAL", "EQUAL", "NOT_EQUAL"),
+          ("Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal", "Not"), fixture=("prelu",)),
+        # -- refused, with what to do instead -----------------------------------------------------
+        R("gru", (aten.gru.input,), "refused", hint=f"nn.GRU {_RNN_HINT}"),
+        R("lstm", (aten.lstm.input,), "refused", hint=f"nn.LSTM {_RNN_HINT}"),
+        R("layer_norm", (aten.layer_norm.default,), "refused", hint=_NORM_HINT),
+        R("group_norm", (aten.group_norm.default,), "refused", hint=_NORM_HINT),
+        R("batch_norm", (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default), "refused",
+          hint="fold BatchNorm into the preceding conv before quantizing"),
+        R("attention", (aten.scaled_dot_product_attention.default,), "refused",
+          hint="write attention out (matmul, softmax, matmul)"),
+        R("complex", (aten.stft.default, aten.stft.center, aten.istft.default, aten.view_as_real.default,
+                      aten.view_as_complex.default, aten.complex.default, aten.real.default, aten.imag.default,
+                      aten._fft_r2c.default, aten._fft_c2r.default, aten._fft_c2c.default, aten.angle.default,
+                      aten.polar.default), "refused", hint=SPECTRAL_HINT),
+    )
+
+
+def _t(name: str, layout: str = "opaque", macs: str | None = None, moves: bool = False) -> TargetOp:
+    return TargetOp("tflite", name, layout=layout, macs=macs, moves=moves)
+
+
+def _o(name: str, role: str = "float", macs: str | None = None) -> TargetOp:
+    return TargetOp("onnx", name, role=role, macs=macs)
+
+
+def _target_ops() -> tuple[TargetOp, ...]:
+    elementwise = ("ADD", "SUB", "MUL", "DIV", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE", "LEAKY_RELU", "PRELU",
+                   "RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LOGISTIC", "TANH", "RSQRT", "SQRT", "ABS", "NEG",
+                   "EXP", "LOG", "HARD_SWISH", "GELU", "ELU", "QUANTIZE", "SELECT", "SELECT_V2", "GREATER",
+                   "GREATER_EQUAL", "LESS", "LESS_EQUAL", "EQUAL", "NOT_EQUAL", "SQUARE", "POW")
+    tflite = (
+        _t("CONV_2D", "linear", "conv"), _t("DEPTHWISE_CONV_2D", "linear", "conv"),
+        _t("FULLY_CONNECTED", "linear", "linear"), _t("BATCH_MATMUL", "linear", "matmul"),
+        _t("TRANSPOSE_CONV", "linear", "conv_transpose"),
+        *(_t(n, "elementwise") for n in elementwise),
+        *(_t(n, "reducer") for n in ("MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD")),
+        _t("PAD", "pad", moves=True), _t("PADV2", "pad", moves=True), _t("RESHAPE", "reshape", moves=True),
+        _t("TRANSPOSE", "transpose", moves=True), _t("SLICE", "slice", moves=True),
+        _t("CONCATENATION", "concat", moves=True),
+        *(_t(n, moves=True) for n in ("STRIDED_SLICE", "SQUEEZE", "EXPAND_DIMS", "SPLIT", "SPLIT_V", "UNPACK",
+                                      "PACK", "BROADCAST_TO", "TILE", "REVERSE_V2", "GATHER", "MAX_POOL_2D",
+                                      "DEQUANTIZE")),
+        *(_t(n) for n in ("SOFTMAX", "LOG_SOFTMAX", "AVERAGE_POOL_2D", "CAST")),
+    )
+    onnx = (
+        _o("Conv", "integer", "conv"), _o("Gemm", "integer", "linear"), _o("MatMul", "integer", "matmul"),
+        _o("ConvTranspose", "float", "conv_transpose"),
+        # already fused integer kernels (ORT-optimised files): inputs (x, x_scale, x_zp, w, ...)
+        _o("QLinearConv", "integer", "conv"), _o("QLinearMatMul", "integer", "matmul"),
+        _o("ConvInteger", "integer", "conv"), _o("MatMulInteger", "integer", "matmul"),
+        *(_o(n, "integer") for n in ("Add", "Mul", "LeakyRelu", "Sigmoid", "Where")),
+        *(_o(n) for n in ("Sub", "Div", "Tanh", "ReduceMean", "ReduceSum", "ReduceMax", "Sqrt", "Exp", "Log",
+                          "Abs", "Neg", "Pow", "Erf", "Gelu", "Softmax", "LogSoftmax", "Elu", "HardSwish",
+                          "AveragePool", "GlobalAveragePool", "PRelu", "Max", "Min")),
+        *(_o(n, "move") for n in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Concat", "Split",
+                                  "Flatten", "Identity", "Expand", "Gather", "MaxPool", "Tile")),
+        *(_o(n, "fused") for n in ("Relu", "Clip", "Reciprocal")),
+        *(_o(n, "mask") for n in ("Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or")),
+        _o("QuantizeLinear", "qdq"), _o("DequantizeLinear", "qdq"),
+        *(_o(n, "meta") for n in ("Constant", "Shape", "ConstantOfShape", "Cast", "Range", "Size")),
+    )
+    return tflite + onnx
+
+
+RECORDS: tuple[OpRecord, ...] = _records()
+TARGET_OPS: tuple[TargetOp, ...] = _target_ops()
+
+
+@cache
+def _by_aten() -> dict[Any, OpRecord]:
+    return {target: record for record in RECORDS for target in record.aten}
+
+
+@cache
+def _by_target() -> dict[tuple[str, str], TargetOp]:
+    return {(op.target, op.name): op for op in TARGET_OPS}
+
+
+def record_for(aten_target: Any) -> OpRecord | None:
+    """The record of an ATen op (or operator.getitem), None when the toolkit does not know it."""
+    return _by_aten().get(aten_target)
+
+
+def target_op(target: str, name: str) -> TargetOp | None:
+    return _by_target().get((target, name))
+
+
+def onnx_ops_with_role(*roles: str) -> frozenset[str]:
+    return frozenset(op.name for op in TARGET_OPS if op.target == "onnx" and op.role in roles)
+
+
+def tflite_ops_with_layout(*layouts: str) -> frozenset[str]:
+    return frozenset(op.name for op in TARGET_OPS if op.target == "tflite" and op.layout in layouts)
+
+
+def moving_ops() -> frozenset[str]:
+    """Target ops (both formats) that only move int8 data."""
+    return frozenset(op.name for op in TARGET_OPS if op.moves or op.role == "move")
+
+
+def mac_ops(target: str) -> dict[str, str]:
+    """{target op name: MAC formula} of one format."""
+    return {op.name: op.macs for op in TARGET_OPS if op.target == target and op.macs}
+
+
+def quantizable(records: Iterable[OpRecord] = RECORDS) -> list[OpRecord]:
+    return [r for r in records if r.quantizable]
+
+
+def op_name(target: Any) -> str:
+    """'aten.conv1d.default' for ATen ops, the function name otherwise."""
+    return str(target) if isinstance(target, torch._ops.OpOverload) else getattr(target, "__name__", str(target))
+
+
+__all__ = ["RECORDS", "SPECTRAL_HINT", "TARGET_OPS", "mac_ops", "moving_ops", "onnx_ops_with_role", "op_name", "quantizable",
+           "record_for", "target_op", "tflite_ops_with_layout"]
