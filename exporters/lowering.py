@@ -36,11 +36,11 @@ from compressor.errors import ExportError
 from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, quantizer_at, source_location
 from compressor.quant.model import QuantizedModel
 from compressor.ops.registry import record_for
-from compressor.quant.quantizers import ActivationQuantizer, BiasQuantizer, FixedQParamsQuantizer, WeightQuantizer
+from compressor.quant.quantizers import (WIDE_BITS, ActivationQuantizer, BiasQuantizer, FixedQParamsQuantizer,
+                                         WeightQuantizer, bias_code_range)
 
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class TensorQParams:
     zero_point: int
     qmin: int = -128
     qmax: int = 127
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.int8 if self.qmax <= 127 else torch.int16
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "zero_point": self.zero_point, "qmin": self.qmin, "qmax": self.qmax}
@@ -68,12 +72,20 @@ class LoweredModel:
 
 def _activation_qparams(q: nn.Module) -> TensorQParams:
     scale, zero_point = q.qparams()
-    if q.bits != 8:
+    if q.bits not in (8, WIDE_BITS):
         raise ExportError(
-            f"activation quantizer with {q.bits} bits: the int8 runtimes carry activations in 8-bit tensors "
-            "only; retrain with activation_bits=8"
+            f"activation quantizer with {q.bits} bits: the runtimes carry activations in 8-bit tensors "
+            f"(or {WIDE_BITS}-bit where a precision override asks for it); retrain with activation_bits=8"
         )
     return TensorQParams(float(scale), int(zero_point), q.qmin, q.qmax)
+
+
+def _io_qparams(q: nn.Module, node: fx.Node, what: str) -> TensorQParams:
+    p = _activation_qparams(q)
+    if p.dtype != torch.int8:
+        raise ExportError(f"model {what} {node.name!r} is quantized to {q.bits} bits; inputs and outputs of a file "
+                          "are 8-bit: remove the precision override that matches it")
+    return p
 
 
 class _Lowerer:
@@ -315,7 +327,7 @@ class _Lowerer:
         if scales.numel() == 1:
             scales = scales.expand(bias.numel())
         scales = scales.contiguous()
-        codes = torch.clamp(torch.round(bias / scales), INT32_MIN, INT32_MAX)
+        codes = torch.clamp(torch.round(bias / scales), *bias_code_range(q._input_q.bits))
         # A float constant already on its int32 grid: the TFLite converter
         # quantizes it to int32 itself (it rejects an explicit int32 Q/DQ
         # pair), and the ONNX exporter rewrites it to int32 + DequantizeLinear.
@@ -328,10 +340,10 @@ class _Lowerer:
             if len(quantizers) != 1:
                 raise ExportError(f"model input {node.name!r} has no input quantizer; quantize() the model first")
             q_node = quantizers[0]
-            p = _activation_qparams(self.quantizer(q_node))
+            p = _io_qparams(self.quantizer(q_node), node, "input")
             with self.graph.inserting_after(node):
                 deq = self.graph.call_function(qd.dequantize_per_tensor.default,
-                                               (node, p.scale, p.zero_point, p.qmin, p.qmax, torch.int8))
+                                               (node, p.scale, p.zero_point, p.qmin, p.qmax, p.dtype))
             q_node.replace_all_uses_with(deq)
             self.graph.erase_node(q_node)
             qparams.append(p)
@@ -343,7 +355,7 @@ class _Lowerer:
             quantizers = [u for u in node.users if self.quantizer(u) is not None]
             if len(quantizers) != 1:
                 raise ExportError(f"model input {node.name!r} has no input quantizer; quantize() the model first")
-            out.append(_activation_qparams(self.quantizer(quantizers[0])))
+            out.append(_io_qparams(self.quantizer(quantizers[0]), node, "input"))
         return out
 
     def lower_activations(self) -> None:
@@ -356,16 +368,16 @@ class _Lowerer:
             p = _activation_qparams(q)
             with self.graph.inserting_before(node):
                 quant = self.graph.call_function(qd.quantize_per_tensor.default,
-                                                 (node.args[0], p.scale, p.zero_point, p.qmin, p.qmax, torch.int8))
+                                                 (node.args[0], p.scale, p.zero_point, p.qmin, p.qmax, p.dtype))
                 deq = self.graph.call_function(qd.dequantize_per_tensor.default,
-                                               (quant, p.scale, p.zero_point, p.qmin, p.qmax, torch.int8))
+                                               (quant, p.scale, p.zero_point, p.qmin, p.qmax, p.dtype))
                 if getattr(q, "positive", False):
                     # the floor at one LSB: MAXIMUM with a representable constant, on the same grid
                     floor = self.graph.call_function(aten.clamp_min.default, (deq, p.scale))
                     quant = self.graph.call_function(qd.quantize_per_tensor.default,
-                                                     (floor, p.scale, p.zero_point, p.qmin, p.qmax, torch.int8))
+                                                     (floor, p.scale, p.zero_point, p.qmin, p.qmax, p.dtype))
                     deq = self.graph.call_function(qd.dequantize_per_tensor.default,
-                                                   (quant, p.scale, p.zero_point, p.qmin, p.qmax, torch.int8))
+                                                   (quant, p.scale, p.zero_point, p.qmin, p.qmax, p.dtype))
             deq.meta = dict(node.meta)
             node.replace_all_uses_with(deq)
             self.graph.erase_node(node)
@@ -385,6 +397,9 @@ class _Lowerer:
             if not isinstance(arg, fx.Node):
                 return arg
             p = self.grid_of(arg)
+            if p.dtype != torch.int8:
+                raise ExportError(f"model output {arg.name!r} is on a {WIDE_BITS}-bit grid; inputs and outputs of a "
+                                  "file are 8-bit: remove the precision override that matches it")
             qparams.append(p)
             if arg.target == qd.dequantize_per_tensor.default and self.int8_io:
                 return arg.args[0]
@@ -392,11 +407,11 @@ class _Lowerer:
                 return arg
             with self.graph.inserting_before(output):
                 quant = self.graph.call_function(qd.quantize_per_tensor.default,
-                                                 (arg, p.scale, p.zero_point, p.qmin, p.qmax, torch.int8))
+                                                 (arg, p.scale, p.zero_point, p.qmin, p.qmax, p.dtype))
                 if self.int8_io:
                     return quant
                 return self.graph.call_function(qd.dequantize_per_tensor.default,
-                                                (quant, p.scale, p.zero_point, p.qmin, p.qmax, torch.int8))
+                                                (quant, p.scale, p.zero_point, p.qmin, p.qmax, p.dtype))
 
         output.args = (finish(output.args[0]),)
         return qparams

@@ -29,6 +29,7 @@ from exporters.metadata import METADATA_KEY, DeployMetadata
 
 log = logging.getLogger(__name__)
 OPSET = 20
+WIDE_OPSET = 21  # the first opset whose QuantizeLinear/DequantizeLinear take int16 (ORT refuses it at 20)
 _BIASED_OPS = {"Conv": 2, "Gemm": 2, "ConvTranspose": 2}
 
 
@@ -37,11 +38,16 @@ def torch_to_onnx(lowered: LoweredModel, example: torch.Tensor, path: Path) -> o
     with warnings.catch_warnings(), _quiet_torch_onnx():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(lowered.module, (example,), str(path), dynamo=True, opset_version=OPSET,
+            torch.onnx.export(lowered.module, (example,), str(path), dynamo=True, opset_version=_opset(lowered),
                               input_names=["audio_q"], verbose=False)
         except Exception as exc:  # torch.onnx raises many types
             raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}") from exc
     return onnx.load(str(path))
+
+
+def _opset(lowered: LoweredModel) -> int:
+    wide = any(n.op == "call_function" and torch.int16 in n.args for n in lowered.module.graph.nodes)
+    return WIDE_OPSET if wide else OPSET
 
 
 class _quiet_torch_onnx:
@@ -169,6 +175,9 @@ def int32_biases(g: _Graph) -> int:
             continue
         if x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
             continue
+        x_zp = g.const(x_dq.input[2]) if len(x_dq.input) > 2 and x_dq.input[2] else None
+        if x_zp is not None and x_zp.dtype == np.int16:
+            continue  # ORT runs a 16-bit input's op in float: the bias stays a float on its (int64) grid
         s_x, s_w = g.const(x_dq.input[1]), g.const(w_dq.input[1])
         if s_x is None or s_w is None:
             continue

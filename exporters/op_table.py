@@ -6,7 +6,8 @@ For each op it lists the TFLite ops of the int8 file, the ONNX ops of the
 QDQ file and the kernels onnxruntime runs after its QDQ fusion (QLinear*/QGemm
 are integer; any other op runs in float between DequantizeLinear and
 QuantizeLinear, the QDQ contract), plus how the exporter lowered it. With
-``--readme`` the table between the op-table markers is replaced.
+``--readme`` the table between the op-table markers is replaced, and the
+supported-ops list (written from the op registry) between its markers.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import onnx
 
 from exporters.api import ExportConfig, export
+from compressor.ops.docs import END as SUPPORTED_END, START as SUPPORTED_START, supported_ops_markdown
 from compressor.ops.fixtures import FIXTURES, calibration_chunks, quantized_fixture
 from compressor.ops.registry import moving_ops, onnx_ops_with_role
 
@@ -82,16 +84,22 @@ def markdown(rows: list[dict[str, str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readme", type=Path, help="Replace the table between the op-table markers in this file.")
+    parser.add_argument("--registry-only", action="store_true",
+                        help="Only rewrite the supported-ops list (no exports).")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        table = markdown(measure(Path(tmp)))
+    sections = {(SUPPORTED_START, SUPPORTED_END): supported_ops_markdown()}
+    if not args.registry_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            sections[(START, END)] = markdown(measure(Path(tmp)))
     if args.readme:
         text = args.readme.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{args.readme} has no {START} ... {END} markers")
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), f"{START}\n{table}{END}", text, flags=re.S)
+        for (start, end), body in sections.items():
+            if start not in text or end not in text:
+                raise SystemExit(f"{args.readme} has no {start} ... {end} markers")
+            text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{body}{end}", text,
+                          flags=re.S)
         args.readme.write_text(text)
-    print(table)
+    print("\n".join(sections.values()))
 
 
 if __name__ == "__main__":

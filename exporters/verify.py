@@ -156,7 +156,8 @@ def closest(candidates: Sequence[np.ndarray], want: np.ndarray, zero_shift: int 
     for have in candidates:
         if have.size != want.size:
             continue
-        for view in _layouts(have.astype(np.int32) - zero_shift, want.shape):
+        shift = zero_shift if have.dtype == np.uint8 else 0  # int16 tensors stay signed in a uint8 ONNX file
+        for view in _layouts(have.astype(np.int32) - shift, want.shape):
             err = int(np.abs(view - want.astype(np.int32)).max())
             if best_err is None or err < best_err:
                 best, best_err = view, err

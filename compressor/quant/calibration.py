@@ -38,7 +38,7 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor | tuple], m
         if not q.observed:
             raise ConfigError(f"quantizer {name} saw no data during calibration")
         lo, hi = float(q.running_min), float(q.running_max)
-        if method == "mse":
+        if method == "mse" and not q.symmetric:
             lo, hi = mse_range(q.observed_samples(), lo, hi, q.qmin, q.qmax)
         q.set_range(lo, hi)
     for wq, weight in qmodel.weight_tensors().values():

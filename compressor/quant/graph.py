@@ -19,6 +19,7 @@ from compressor.errors import UnsupportedOpError
 from compressor.quant.config import QuantConfig
 from compressor.ops.record import OpRecord
 from compressor.ops.registry import SPECTRAL_HINT, op_name, record_for
+from compressor.quant.precision import Precision, resolve
 from compressor.quant.quantizers import (
     ActivationQuantizer,
     BiasQuantizer,
@@ -224,12 +225,13 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
     graph = gm.graph
     root = nn.Module()
     gm.add_module(QUANTIZER_ROOT, root)
-    bits = config.activation_bits
 
     act_module: dict[int, str] = {}
     for group in planner.groups:
         if group.parent is not None or not group.sites:
             continue
+        # one grid per group: the widest any of its sites is given
+        bits = max(precision_of(site, config).activation_bits for site in group.sites)
         if group.fixed:
             mod: nn.Module = FixedQParamsQuantizer(group.fixed, bits)
         else:
@@ -243,7 +245,9 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
     for (op, weight), axis in planner.weights.items():
         name = f"w_{_safe(weight.target)}"
         if name not in weight_module:
-            root.add_module(name, WeightQuantizer(planner.params[weight.target], config.weight_bits, axis))
+            precision = precision_of(op, config)
+            axis = axis if precision.per_channel else None
+            root.add_module(name, WeightQuantizer(planner.params[weight.target], precision.weight_bits, axis))
             weight_module[name] = name
         with graph.inserting_before(op):
             q = graph.call_module(f"{QUANTIZER_ROOT}.{name}", (weight,))
@@ -277,6 +281,24 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
         "bias_quantizers": len(planner.biases),
         "constant_quantizers": len(planner.constants),
     }
+
+
+def module_path(node: fx.Node) -> str:
+    """Dotted path of the innermost module whose forward made ``node`` ('' at the top level)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else ""
+
+
+def op_kind(node: fx.Node) -> str:
+    """The op registry's name for what made ``node`` ('input' for a model input)."""
+    if node.op == "placeholder":
+        return "input"
+    record = record_for(node.target) if node.op == "call_function" else None
+    return record.name if record is not None else op_name(node.target)
+
+
+def precision_of(node: fx.Node, config: QuantConfig) -> Precision:
+    return resolve(config.overrides, module_path(node), op_kind(node), config.default_precision)
 
 
 def _strip_quant(node: Any) -> Any:

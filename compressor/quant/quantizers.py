@@ -17,13 +17,21 @@ from compressor.quant.fake_quant import fake_quantize, round_ste
 
 MODES = ("observe", "quantize", "float")
 
-# Fixed output qparams the int8 runtimes demand (LiteRT refuses others),
-# written for 8 bits and scaled for fewer: (scale numerator exponent, zero-point).
+# Fixed output qparams the runtimes demand (LiteRT refuses others): written for
+# 8 bits and scaled for fewer; 16-bit tensors are symmetric, so all three use
+# (1/32768, 0) there (LiteRT's int16 LOGISTIC/TANH/SOFTMAX kernels).
 FIXED_QPARAMS = {
     "sigmoid": lambda bits: (1.0 / 2**bits, -(2 ** (bits - 1))),
     "softmax": lambda bits: (1.0 / 2**bits, -(2 ** (bits - 1))),
     "tanh": lambda bits: (1.0 / 2 ** (bits - 1), 0),
 }
+WIDE_BITS = 16  # activations wider than 8 bits: int16, symmetric, zero-point 0 (TFLite 16x8, ONNX int16 Q/DQ)
+
+
+def fixed_qparams(op: str, bits: int) -> tuple[float, int]:
+    if bits == WIDE_BITS:
+        return 1.0 / 2 ** (WIDE_BITS - 1), 0
+    return FIXED_QPARAMS[op](bits)
 
 _RESERVOIR = 1 << 16  # samples kept per quantizer for the MSE range search
 
@@ -49,7 +57,11 @@ class _Quantizer(nn.Module):
 
 
 class ActivationQuantizer(_Quantizer):
-    """Per-tensor asymmetric LSQ quantizer with an integer (learned) zero-point."""
+    """Per-tensor asymmetric LSQ quantizer with an integer (learned) zero-point.
+
+    At 16 bits it is symmetric with zero-point 0, as int16 tensors are in
+    TFLite's 16x8 kernels (LiteRT refuses another zero-point at load).
+    """
 
     def __init__(self, bits: int = 8, learn_zero_point: bool = True, ema_decay: float = 0.9,
                  positive: bool = False) -> None:
@@ -62,7 +74,7 @@ class ActivationQuantizer(_Quantizer):
         self.qmin, self.qmax = signed_range(bits, symmetric=False)
         self.ema_decay = ema_decay
         self.scale = nn.Parameter(torch.tensor(1.0))
-        self.zero_point = nn.Parameter(torch.tensor(0.0), requires_grad=learn_zero_point)
+        self.zero_point = nn.Parameter(torch.tensor(0.0), requires_grad=learn_zero_point and not self.symmetric)
         self.register_buffer("running_min", torch.tensor(float("inf")))
         self.register_buffer("running_max", torch.tensor(float("-inf")))
         self._samples: list[torch.Tensor] = []
@@ -79,8 +91,14 @@ class ActivationQuantizer(_Quantizer):
         out = fake_quantize(x, scale, self.deployed_zero_point(), self.qmin, self.qmax, grad_scale)
         return torch.maximum(out, scale) if self.positive else out
 
+    @property
+    def symmetric(self) -> bool:
+        return self.bits > 8
+
     def deployed_zero_point(self) -> torch.Tensor:
         """The learned zero-point held to the code range: an int8 file cannot hold -129 (seen after QAT)."""
+        if self.symmetric:
+            return torch.zeros_like(self.zero_point)
         return self.zero_point.clamp(self.qmin, self.qmax)
 
     @torch.no_grad()
@@ -112,8 +130,11 @@ class ActivationQuantizer(_Quantizer):
     def set_range(self, lo: float, hi: float) -> None:
         """Scale and integer zero-point that cover [lo, hi] (0 always included)."""
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-        scale = max((hi - lo) / (self.qmax - self.qmin), 1e-8)
-        zero_point = min(max(round(self.qmin - lo / scale), self.qmin), self.qmax)
+        if self.symmetric:
+            scale, zero_point = max(max(-lo, hi) / self.qmax, 1e-12), 0
+        else:
+            scale = max((hi - lo) / (self.qmax - self.qmin), 1e-8)
+            zero_point = min(max(round(self.qmin - lo / scale), self.qmin), self.qmax)
         self.scale.copy_(torch.tensor(scale))
         self.zero_point.copy_(torch.tensor(float(zero_point)))
         self._samples = []
@@ -131,7 +152,7 @@ class FixedQParamsQuantizer(_Quantizer):
         self.op = op
         self.bits = bits
         self.qmin, self.qmax = signed_range(bits, symmetric=False)
-        scale, zero_point = FIXED_QPARAMS[op](bits)
+        scale, zero_point = fixed_qparams(op, bits)
         self.register_buffer("scale", torch.tensor(scale))
         self.register_buffer("zero_point", torch.tensor(float(zero_point)))
 
@@ -192,7 +213,7 @@ class WeightQuantizer(_Quantizer):
 
 
 class BiasQuantizer(nn.Module):
-    """int32 bias with scale s_in * s_w, as the int8 runtimes store it.
+    """int32 bias with scale s_in * s_w, as the int8 runtimes store it (int64 after a 16-bit input).
 
     It holds plain references (not submodules) to the quantizers of the op's
     input and weight: the scale is derived from theirs, never learned.
@@ -208,8 +229,14 @@ class BiasQuantizer(nn.Module):
             return bias
         s_in = self._input_q.scale.detach().abs()
         scale = (s_in * self._weight_q.scale.detach().abs()).clamp_min(1e-30)
-        q = torch.clamp(round_ste(bias / scale), -(2**31), 2**31 - 1)
+        low, high = bias_code_range(getattr(self._input_q, "bits", 8))
+        q = torch.clamp(round_ste(bias / scale), low, high)
         return q * scale
+
+
+def bias_code_range(input_bits: int) -> tuple[int, int]:
+    """int32 codes after an int8 input; int64 after an int16 one (TFLite's 16x8 kernels)."""
+    return (-(2**31), 2**31 - 1) if input_bits <= 8 else (-(2**63), 2**63 - 1)
 
 
 def _mse_search_symmetric(rows: torch.Tensor, absmax: torch.Tensor, qmax: int) -> torch.Tensor:
