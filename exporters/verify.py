@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from compressor.quant.graph import module_path, op_kind
 from compressor.quant.model import QuantizedModel
 from exporters.io_processing import decode
 from exporters.lowering import LoweredModel
@@ -221,9 +222,8 @@ def describe_tensors(lowered: LoweredModel) -> dict[str, dict[str, str]]:
                 source = source.args[0]
             if not isinstance(source, fx.Node):
                 continue
-            stack = source.meta.get("nn_module_stack") or {}
-            layer = next(reversed(stack.values()))[0] if stack else ""
-            op = str(source.target).split(".")[-2] if source.op == "call_function" else source.op
+            layer = module_path(source) if source.op == "call_function" else ""
+            op = op_kind(source) if source.op == "call_function" else source.op
             out[node.name] = {"op": op, "layer": layer or "(top level)"}
     return out
 

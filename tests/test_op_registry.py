@@ -55,6 +55,20 @@ def test_readme_supported_ops_section_is_generated_from_the_registry():
     assert section.group(1) == supported_ops_markdown(), "run: python -m exporters.op_table --readme README.md"
 
 
+def test_weight_norm_is_folded_into_the_weight_and_the_users_model_is_left_alone():
+    from compressor.ops.fixtures import WeightNormConv
+
+    torch.manual_seed(0)
+    model = WeightNormConv().eval()
+    x = torch.randn(1, 8, 64)
+    qmodel = quantize(model, x)
+    qmodel.set_mode("float")
+    with torch.no_grad():
+        assert torch.allclose(qmodel(x), model(x), atol=1e-6)
+    assert nn.utils.parametrize.is_parametrized(model.conv)  # folded in a copy
+    assert "_weight_norm" not in str(qmodel.graph_module.graph)
+
+
 class _Spectral(nn.Module):
     def forward(self, x):
         spec = torch.stft(x, 256, 128, window=torch.ones(256), return_complex=True)

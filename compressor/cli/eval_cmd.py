@@ -10,12 +10,16 @@ from compressor.cli.common import data_option, eval_set, handle_errors, load, se
 from compressor.evaluation import evaluate
 from compressor.fileio import write_text_atomic
 from compressor.quant.clipping import ClippingMonitor, ClippingReport
+from compressor.quant.sensitivity import SensitivityReport
+from compressor.quant.sensitivity import sensitivity as sensitivity_of
 from compressor.recipes import inference_model
 from compressor.reporting import markdown_table, model_entry
 from compressor.sweep import plot_sweep, sweep_points, sweep_report, sweep_table
 from compressor.sweep import snr_sweep as snr_sweep_of
 
 CLIPPING_ROWS = 15  # --clipping prints this many quantizers (the worst), plus the input and output
+SENSITIVITY_ROWS = 15
+SENSITIVITY_ITEMS = 4  # each of them, cut to 2 s, runs twice per quantizer: keep the default short
 
 
 @click.command("eval")
@@ -42,11 +46,16 @@ CLIPPING_ROWS = 15  # --clipping prints this many quantizers (the worst), plus t
               help="Quantized MODELS: per activation quantizer, the fraction of values beyond its int8 range and "
                    "its SQNR, measured on the eval data during the simulated pass. Prints the worst "
                    f"{CLIPPING_ROWS} (and the input and output); --json/--md get every quantizer.")
+@click.option("--sensitivity", is_flag=True,
+              help="Quantized MODELS: per activation quantizer, the SI-SNR gained by keeping only that tensor at "
+                   f"16 bits, and as float (one quantizer at a time, on --max-items items, default "
+                   f"{SENSITIVITY_ITEMS}). Prints the {SENSITIVITY_ROWS} most sensitive; --json/--md get all. "
+                   "Tells where a --precision 'MODULE=a16' override pays.")
 @click.option("--threads", type=int)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors
 def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle, max_items, json_out, md_out,
-             snr_sweep, sweep_range, plot_out, task, clipping, threads, verbose):
+             snr_sweep, sweep_range, plot_out, task, clipping, sensitivity, threads, verbose):
     """SI-SNR, SI-SNRi, SDR and STOI of MODELS, overall and by input SNR
     (low < 2 dB, mid 2-10 dB, high > 10 dB).
 
@@ -57,8 +66,8 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
     """
     setup_logging(verbose)
     set_threads(threads)
-    if clipping and task != "enhancement":
-        raise click.UsageError("--clipping works with --task enhancement only")
+    if (clipping or sensitivity) and task != "enhancement":
+        raise click.UsageError("--clipping and --sensitivity work with --task enhancement only")
     if task == "quality":
         _eval_quality(models, data, model_factory, trust_pickle, max_items, json_out, md_out)
         return
@@ -75,6 +84,7 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
     curves: dict[str, list[float]] = {}
     snrs = sweep_points(*sweep_range) if sweep else []
     clip_reports: dict[str, ClippingReport] = {}
+    sensitivity_reports: dict[str, SensitivityReport] = {}
     for path in models:
         loaded = load(path, model_factory, trust_pickle)
         model = inference_model(loaded)  # e.g. FQSE: splitter -> int8 graph -> combiner
@@ -88,13 +98,16 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
                 results.append((name, evaluate(model, dataset, desc=path.stem, max_items=max_items)))
             if sweep:
                 curves[name] = snr_sweep_of(model, dataset, snrs, max_items=max_items, desc=f"sweep {path.stem}")
+            if sensitivity:
+                sensitivity_reports[path.stem] = sensitivity_of(model, loaded.model, dataset,
+                                                                max_items or SENSITIVITY_ITEMS)
             loaded.model.set_mode("float")
             results.append((f"{path.stem} (quantizers off)",
                             evaluate(model, dataset, desc=f"{path.stem} float", max_items=max_items)))
         else:
-            if clipping:
-                click.echo(f"note: --clipping: {path} is a float model; it has no int8 ranges, nothing to report",
-                           err=True)
+            if clipping or sensitivity:
+                click.echo(f"note: --clipping/--sensitivity: {path} is a float model; it has no int8 ranges, "
+                           "nothing to report", err=True)
             summary = evaluate(model, dataset, desc=path.stem, max_items=max_items)
             ref_summary = ref_summary or summary
             results.append((path.stem, summary))
@@ -120,15 +133,23 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
         click.echo(report.markdown(report.worst(CLIPPING_ROWS)))
         click.echo(f"{stem}: {report.summary()}")
         clip_md += f"\n## Clipping: {stem}\n\n{report.summary()}\n\n{report.markdown()}"
+    sensitivity_md = ""
+    for stem, report in sensitivity_reports.items():
+        click.echo(f"\n## Sensitivity: {stem} (the {SENSITIVITY_ROWS} tensors where 16 bits gain most)\n")
+        click.echo(report.markdown(SENSITIVITY_ROWS))
+        click.echo(f"{stem}: {report.summary()}")
+        sensitivity_md += f"\n## Sensitivity: {stem}\n\n{report.summary()}\n\n{report.markdown()}"
     if json_out:
         payload = {"data": data, "models": entries}
+        if sensitivity:
+            payload["sensitivity"] = {stem: report.to_dict() for stem, report in sensitivity_reports.items()}
         if sweep:
             payload["snr_sweep"] = sweep_report(snrs, curves)
         if clipping:
             payload["clipping"] = {stem: report.to_dict() for stem, report in clip_reports.items()}
         write_json(json_out, payload)
     if md_out:
-        write_text_atomic(md_out, f"# Evaluation on {data}\n\n{table}{sweep_md}{clip_md}")
+        write_text_atomic(md_out, f"# Evaluation on {data}\n\n{table}{sweep_md}{clip_md}{sensitivity_md}")
 
 
 def _eval_quality(models, data, model_factory, trust_pickle, max_items, json_out, md_out) -> None:

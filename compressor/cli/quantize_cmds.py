@@ -58,6 +58,11 @@ def _common(func):
         click.option("--segment-seconds", default=2.0, show_default=True, help="Length of training/calibration crops."),
         click.option("--weight-bits", type=click.IntRange(2, 8), help="Weight bits (default 8; 7 for onnxruntime on x86 without VNNI)."),
         click.option("--activation-bits", type=click.IntRange(2, 8), help="Activation bits, input and output included (default 8)."),
+        click.option("--precision", "precision", multiple=True, metavar="MODULE[:OP]=SPEC",
+                     help="Per-layer precision rule, repeatable, later ones win: SPEC is a comma list of a16/a8 "
+                          "(activation bits), w2..w8 (weight bits), per-tensor/per-channel. MODULE is a pattern on "
+                          "the module path, OP on the op name: 'separator.blocks.7.*=a16', '*:mean=a16'. "
+                          "`compress eval --sensitivity` says where 16 bits pay."),
         click.option("--seed", default=0, show_default=True),
         click.option("--no-level-stage", is_flag=True,
                      help="No level stage: the file runs at the input's own level (default: every chunk is scaled "
@@ -115,7 +120,7 @@ def _common(func):
 @click.option("--binary-weights", is_flag=True, default=None, help="bam: conv weights binary too (sign times a scale).")
 @handle_errors
 def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
-            seed, no_level_stage, level_aug, tilt_aug, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
+            precision, seed, no_level_stage, level_aug, tilt_aug, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
             distill, run_dir, resume, no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
             splitter_init, split_encoder, tight_split_range, rqb_init, epochs, beta, binary_weights):
     """Quantization-aware training of MODEL into a fully quantized model.
@@ -127,7 +132,7 @@ def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, 
     """
     setup_logging(verbose)
     set_threads(threads)
-    options = dict(weight_bits=weight_bits, activation_bits=activation_bits, steps=steps, batch_size=batch_size,
+    options = dict(weight_bits=weight_bits, activation_bits=activation_bits, precision=precision or None, steps=steps, batch_size=batch_size,
                    lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every, distill=distill,
                    epochs=epochs, beta=beta, binary_weights=binary_weights or None)
     options.update(_level_options(no_level_stage, level_aug, tilt_aug))
@@ -165,12 +170,12 @@ def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, o
 @click.option("--batch-size", default=4, show_default=True)
 @handle_errors
 def ptq_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
-            seed, no_level_stage, level_aug, tilt_aug, out, threads, verbose, calibration, calib_batches, batch_size):
+            precision, seed, no_level_stage, level_aug, tilt_aug, out, threads, verbose, calibration, calib_batches, batch_size):
     """Post-training quantization of MODEL: calibrate ranges on data, no retraining."""
     setup_logging(verbose)
     set_threads(threads)
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, calibration=calibration,
-                   calib_batches=calib_batches, batch_size=batch_size)
+                   calib_batches=calib_batches, batch_size=batch_size, precision=precision or None)
     options.update(_level_options(no_level_stage, level_aug, tilt_aug))
     _run(model, model_factory, trust_pickle, "ptq", options, data, strict_audio, valid_data,
          segment_seconds, out, None, False, seed)

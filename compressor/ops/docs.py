@@ -16,7 +16,9 @@ _KIND_TEXT = {
     "relu": "fused into the op before it",
     "move": "keeps its input's qparams",
     "shared": "inputs and output share one scale",
+    "same_grid": "int8 output on its input's grid",
     "mask": "boolean, not quantized",
+    "decomposed": "rewritten after tracing",
 }
 
 
@@ -44,7 +46,8 @@ def supported_ops_markdown() -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in quantized:
-        lines.append(f"| {r.name} | {_aten(r)} | {_KIND_TEXT[r.kind]} | {', '.join(r.tflite) or '-'} | "
+        kind = _KIND_TEXT[r.kind] + (f": {r.hint}" if r.kind == "decomposed" else "")
+        lines.append(f"| {r.name} | {_aten(r)} | {kind} | {', '.join(r.tflite) or '-'} | "
                      f"{', '.join(r.onnx) or '-'} | {_ort(r)} | {', '.join(r.fixture) or '-'} |")
     lines += ["", "Refused (a float island is never left in a file):", ""]
     lines += [f"- {r.name} ({_aten(r)}): {r.hint}" for r in refused]

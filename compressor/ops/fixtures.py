@@ -8,6 +8,8 @@ calibrates one.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -34,6 +36,17 @@ class ConvTranspose1d(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.ConvTranspose1d(8, 2, 16, stride=8)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class WeightNormConv(nn.Module):
+    """A weight-normalised conv (as in many vocoders and enhancers): quantize() folds the norm into the weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(8, 8, 3, padding=1))
 
     def forward(self, x):
         return self.conv(x)
@@ -122,12 +135,91 @@ class Mean(nn.Module):
         return self.conv(x).mean(dim=1, keepdim=True)
 
 
+class AfterConv(nn.Module):
+    """One op on the outputs of one or two 1x1 convs (learned, signed inputs of the shape audio models have)."""
+
+    def __init__(self, op: Callable[..., torch.Tensor], inputs: int = 1) -> None:
+        super().__init__()
+        self.op = op
+        self.a = nn.Conv1d(8, 8, 1)
+        self.b = nn.Conv1d(8, 8, 1) if inputs > 1 else None
+
+    def forward(self, x):
+        if self.b is None:
+            return self.op(self.a(x))
+        return self.op(self.a(x), self.b(x))
+
+
+def _attention(a: torch.Tensor, b: torch.Tensor, bmm: bool = False) -> torch.Tensor:
+    product = torch.bmm if bmm else torch.matmul
+    scores = product(a, b.transpose(1, 2))  # [B, 8, 8]
+    return product(scores, b)  # [B, 8, T]
+
+
+def _no_ops(a: torch.Tensor) -> torch.Tensor:
+    y = a + torch.tensor([0.0])  # a lifted constant: lift_fresh_copy + detach_
+    y = nn.functional.dropout2d(y.unsqueeze(-1), 0.1, training=False).squeeze(-1)
+    return y.to(torch.float32).clone().contiguous().detach()
+
+
+_F = nn.functional
+# name -> model; every op record names the fixtures that exercise it (tests/test_op_registry.py)
+_AFTER_CONV: dict[str, tuple[Callable[..., torch.Tensor], int]] = {
+    "matmul": (_attention, 2),
+    "bmm": (lambda a, b: _attention(a, b, bmm=True), 2),
+    "sub": (lambda a, b: a - b, 2),
+    "rsub": (lambda a: 1 - torch.sigmoid(a), 1),
+    "div": (lambda a, b: a / (b.abs() + 1), 2),
+    "div_scalar": (lambda a: a / 3, 1),
+    "reciprocal": (lambda a: torch.reciprocal(a.abs() + 0.5), 1),
+    "sqrt": (lambda a: torch.sqrt(a.abs()), 1),
+    "log": (lambda a: torch.log(a.abs() + 0.01), 1),
+    "log10": (lambda a: torch.log10(a.abs() + 0.01), 1),
+    "log1p": (lambda a: torch.log1p(a.abs()), 1),
+    "exp": (torch.exp, 1),
+    "abs": (torch.abs, 1),
+    "neg": (torch.neg, 1),
+    "square": (lambda a, b: torch.square(a + b), 2),
+    "clamp": (lambda a: torch.clamp(a, -0.5, 0.5), 1),
+    "hardtanh": (_F.hardtanh, 1),
+    "relu6": (_F.relu6, 1),
+    "leaky_relu": (lambda a: _F.leaky_relu(a, 0.1), 1),
+    "gelu": (_F.gelu, 1),
+    "gelu_tanh": (lambda a: _F.gelu(a, approximate="tanh"), 1),
+    "silu": (_F.silu, 1),
+    "elu": (_F.elu, 1),
+    "hardswish": (_F.hardswish, 1),
+    "softmax": (lambda a: torch.softmax(a, dim=-1), 1),
+    "softmax_channels": (lambda a: torch.softmax(a, dim=1), 1),
+    "sum": (lambda a: a.sum(dim=1, keepdim=True) + a.sum(dim=-1, keepdim=True), 1),
+    "avg_pool": (lambda a: _F.avg_pool1d(a, 4, 4), 1),
+    "adaptive_avg_pool": (lambda a, b: _F.adaptive_avg_pool1d(a, 1) * b, 2),
+    "max_pool": (lambda a: _F.max_pool1d(a, 3, 2, 1), 1),
+    "amax": (lambda a: a.amax(dim=1, keepdim=True), 1),
+    "max_dim": (lambda a: a.max(dim=-1, keepdim=True).values * a, 1),
+    "constant": (lambda a: a + torch.full_like(a, 0.25) + torch.ones_like(a), 1),
+    "no_op": (_no_ops, 1),
+    "slice": (lambda a: a[:, 2:6, 1:-1] + a.narrow(1, 0, 4)[..., 2:] + a.select(1, 3).unsqueeze(1)[..., 2:], 1),
+    "split": (lambda a: sum(a.chunk(2, dim=1)) + a.split([2, 2, 4], dim=1)[2], 1),
+    "pad": (lambda a: _F.pad(a, (3, 2)), 1),
+    "expand": (lambda a: a[:, :1].expand(-1, 8, -1) + a[:, :1].repeat(1, 8, 1), 1),
+    "broadcast_to": (lambda a: torch.broadcast_to(a[:, :1], a.shape), 1),
+    "flip": (lambda a: a.flip(-1), 1),
+    "roll": (lambda a: a.roll(3, -1), 1),
+    "index_select": (lambda a: a.index_select(1, torch.tensor([3, 1, 0])), 1),
+    "stack": (lambda a, b: torch.stack([a, b], dim=1).flatten(1, 2), 2),
+    "where": (lambda a, b: torch.where(a > 0, a, b), 2),
+    "upsample_nearest": (lambda a: _F.interpolate(a, scale_factor=2.0, mode="nearest"), 1),
+}
+
+
 FIXTURES = {
     "conv1d": lambda: Conv1d(),
     "conv1d_depthwise": lambda: Conv1d(groups=8),
     "conv1d_dilated": lambda: Conv1d(dilation=4),
     "conv2d": lambda: Conv2d(),
     "conv_transpose1d": lambda: ConvTranspose1d(),
+    "weight_norm": lambda: WeightNormConv(),
     "linear": lambda: Linear(),
     "prelu": lambda: Unary("prelu"),
     "prelu_shared": lambda: Unary("prelu_shared"),
@@ -142,6 +234,7 @@ FIXTURES = {
     "cln": lambda: Norm("cln"),
     "layernorm": lambda: Norm("layernorm"),
     "mean": lambda: Mean(),
+    **{name: (lambda op=op, n=n: AfterConv(op, n)) for name, (op, n) in _AFTER_CONV.items()},
 }
 
 INPUT_SHAPE = (1, 8, 64)  # (batch, channels, time)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 # How quantize() treats an op (see compressor/quant/graph.py):
 KINDS = (
@@ -24,7 +24,9 @@ KINDS = (
     "relu",      # a compute op that takes over the quantizer of the conv/add feeding it (fused by the runtimes)
     "move",      # moves data (or is an exact no-op): the output keeps its input's qparams
     "shared",    # all inputs and the output share one scale (concat, stack, where)
+    "same_grid", # output re-quantized on its input's grid (avg pool, where: LiteRT keeps the input's qparams)
     "mask",      # boolean/integer result (x > 0): nothing to quantize
+    "decomposed",  # rewritten right after tracing into ops that have int8 kernels (``decompose``)
     "refused",   # no int8 form: quantize() refuses it with ``hint``
 )
 
@@ -92,6 +94,7 @@ class OpRecord:
     macs: str | None = None        # one of MAC_FORMULAS
     fixture: tuple[str, ...] = ()  # its models in compressor.ops.fixtures.FIXTURES (the parity grid)
     hint: str = ""                 # refused ops: what to do instead; others: how it is lowered
+    decompose: Callable[..., Any] | None = None  # decomposed ops: the exact rewrite (compressor/ops/decompositions.py)
 
     @property
     def quantizable(self) -> bool:

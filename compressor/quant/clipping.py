@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from compressor.errors import CompressorError, ConfigError
 from compressor.module_mode import set_training
-from compressor.quant.graph import QUANTIZER_ROOT, source_location
+from compressor.quant.graph import QUANTIZER_ROOT, module_path, op_kind, source_location
 from compressor.quant.model import QuantizedModel
 from compressor.quant.quantizers import FixedQParamsQuantizer
 
@@ -178,10 +178,8 @@ def _describe(node: fx.Node) -> tuple[str, str, str]:
         return "?", "(top level)", "unknown source line"
     if source.op == "placeholder":
         return "input", "(model input)", f"input {source.name}"
-    stack = source.meta.get("nn_module_stack") or {}
-    layer = next(reversed(stack.values()))[0] if stack else ""
-    op = str(source.target).split(".")[-2] if source.op == "call_function" else source.op
-    return op, layer or "(top level)", source_location(source)
+    op = op_kind(source) if source.op == "call_function" else source.op
+    return op, module_path(source) or "(top level)", source_location(source)
 
 
 def _blank_rows(qmodel: QuantizedModel) -> tuple[dict[str, QuantizerClipping], list[str]]:

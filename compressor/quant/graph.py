@@ -54,6 +54,18 @@ def _is_float_tensor(node: Any) -> bool:
     return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
+def _constant_source(node: fx.Node) -> fx.Node | None:
+    """The stored float constant (get_attr) ``node`` is, through data movement; None for computed tensors."""
+    for _ in range(16):
+        if node.op == "get_attr":
+            return node if _is_float_tensor(node) else None
+        record = record_for(node.target) if node.op == "call_function" else None
+        if record is None or record.kind != "move" or not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        node = node.args[0]
+    return None
+
+
 def _is_complex_tensor(node: Any) -> bool:
     val = node.meta.get("val") if isinstance(node, fx.Node) else None
     values = val if isinstance(val, (list, tuple)) else [val]
@@ -63,12 +75,13 @@ def _is_complex_tensor(node: Any) -> bool:
 def source_location(node: fx.Node) -> str:
     """'file.py:LINE: code' of the user's line that produced ``node``."""
     trace = node.meta.get("stack_trace") or ""
-    where = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', trace)
+    # the code line is missing when the source was not readable at trace time (e.g. pytest-rewritten modules)
+    where = re.findall(r'File "([^"]+)", line (\d+), in \S+(?:\n[ \t]+(?!File ")(.*))?', trace)
     if not where:
         return "unknown source line"
     user_frames = [w for w in where if "/torch/" not in w[0]]
     path, line, code = (user_frames or where)[-1]
-    return f"{path}:{line}: {code.strip()}"
+    return f"{path}:{line}: {code.strip()}" if code.strip() else f"{path}:{line}"
 
 
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
@@ -154,19 +167,28 @@ class _Planner:
                 group.root().positive = True
         if record.kind == "weighted":
             self.plan_weighted(node, record)
-        else:
+        elif record.kind != "move":
             for inp in inputs:
-                if inp.op == "get_attr":
-                    self.constants.add(inp)
+                source = _constant_source(inp)
+                if source is not None:
+                    self.constants.add(source)  # quantized once where it is stored; moves keep its grid
         if record.kind in ("move",):
             src = inputs[0] if inputs else None
-            if src is not None and src.op == "get_attr":
-                return  # a reshaped constant: quantized where it is used
+            if src is not None and _constant_source(src) is not None:
+                return  # a reshaped constant: quantized where it is stored
             self.group_of[node] = self.group_of.get(src) or self.new_group(node)
             return
         if record.kind == "shared":
             members = [self.group_of[i] for i in inputs if i in self.group_of]
             self.group_of[node] = self.unite(members) if members else self.new_group(node)
+            return
+        if record.kind == "same_grid":
+            # LiteRT's kernel keeps its input's qparams: the output is re-quantized on that same grid
+            members = [self.group_of[i] for i in inputs if i in self.group_of]
+            group = self.unite(members) if members else self.new_group(node)
+            if node not in group.sites:
+                group.sites.append(node)
+            self.group_of[node] = group
             return
         if record.kind == "fixed":
             self.new_group(node, fixed=record.fixed)
@@ -231,7 +253,7 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
         if group.parent is not None or not group.sites:
             continue
         # one grid per group: the widest any of its sites is given
-        bits = max(precision_of(site, config).activation_bits for site in group.sites)
+        bits = max(precision_of(site, config, group.name).activation_bits for site in group.sites)
         if group.fixed:
             mod: nn.Module = FixedQParamsQuantizer(group.fixed, bits)
         else:
@@ -297,8 +319,17 @@ def op_kind(node: fx.Node) -> str:
     return record.name if record is not None else op_name(node.target)
 
 
-def precision_of(node: fx.Node, config: QuantConfig) -> Precision:
-    return resolve(config.overrides, module_path(node), op_kind(node), config.default_precision)
+def rule_site(node: fx.Node) -> fx.Node:
+    """The node precision rules and reports name for a quantizer placed after ``node``."""
+    record = record_for(node.target) if node.op == "call_function" else None
+    if record is not None and record.kind == "relu" and node.args and isinstance(node.args[0], fx.Node):
+        return node.args[0]  # a fused ReLU's quantizer is its producer's (the conv a rule names)
+    return node
+
+
+def precision_of(node: fx.Node, config: QuantConfig, tensor: str = "") -> Precision:
+    site = rule_site(node)
+    return resolve(config.overrides, module_path(site), op_kind(site), config.default_precision, tensor)
 
 
 def _strip_quant(node: Any) -> Any:

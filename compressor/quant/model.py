@@ -9,6 +9,7 @@ from torch import nn
 
 from compressor.errors import UnsupportedOpError
 from compressor.module_mode import set_training
+from compressor.ops.registry import decomposition_table
 from compressor.quant.config import QuantConfig
 from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, insert_quantizers
 from compressor.quant.quantizers import (
@@ -96,11 +97,44 @@ def _default_dynamic_shapes(example_inputs: Sequence[torch.Tensor]) -> tuple:
     return tuple({i: torch.export.Dim.AUTO for i in range(t.dim())} for t in example_inputs)
 
 
+def fold_weight_norm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every weight norm folded into its weight (the model itself if it has none).
+
+    The runtimes see one int8 weight either way; QAT then trains that weight.
+    """
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    def has_weight_norm(m: nn.Module) -> bool:
+        hooks = any(isinstance(h, WeightNorm) for h in m._forward_pre_hooks.values())
+        return hooks or (parametrize.is_parametrized(m) and any(
+            type(p).__name__ == "_WeightNorm" for ps in m.parametrizations.values() for p in ps))
+
+    if not any(has_weight_norm(m) for m in model.modules()):
+        return model
+    import copy
+
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        for hook in [h for h in m._forward_pre_hooks.values() if isinstance(h, WeightNorm)]:
+            torch.nn.utils.remove_weight_norm(m, hook.name)
+        if parametrize.is_parametrized(m) and has_weight_norm(m):
+            # Not remove_parametrizations: it deletes the property from the parametrized class, which the
+            # deep copy shares with the user's model. The copy's instance gets the plain class back instead.
+            folded = {name: getattr(m, name).detach().clone() for name in m.parametrizations.keys()}
+            m.__class__ = type(m).__bases__[0]
+            del m._modules["parametrizations"]
+            for name, value in folded.items():
+                setattr(m, name, nn.Parameter(value))
+    return model
+
+
 def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
           dynamic_shapes: Any = "auto") -> torch.fx.GraphModule:
     """torch.export the model in eval mode; every axis of every input may vary."""
     if isinstance(model, QuantizedModel):
         raise UnsupportedOpError("the model is already quantized")
+    model = fold_weight_norm(model)
     was_training = model.training
     set_training(model, False)  # an exported GraphModule: already traced in eval mode
     if dynamic_shapes == "auto":
@@ -111,6 +145,10 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
         raise explain_export_failure(model, exc, example_inputs) from exc
     finally:
         set_training(model, was_training)
+    table = decomposition_table()
+    if any(node.target in table for node in program.graph.nodes):
+        # only then: a retrace renames nodes, and quantizer names of saved checkpoints derive from them
+        program = program.run_decompositions(table)
     gm = program.module()
     # Drop computations no output depends on (e.g. a last residual branch),
     # so they get no quantizers and cost nothing; keep the input guards.

@@ -9,7 +9,10 @@ ones winning field by field, like AI Edge Quantizer's recipes. The rules are
 part of ``QuantConfig``, so they are saved with the checkpoint; the exporters
 check each 16-bit tensor against what the target runtime runs integer.
 
-Written on the command line as ``MODULE[:OP]=SPEC`` with SPEC a comma list of
+A rule may also name one tensor: ``#NAME`` matches the activation quantizer
+of that name, as ``compress eval --sensitivity`` lists them.
+
+Written on the command line as ``MODULE[:OP]=SPEC`` or ``#NAME=SPEC``, SPEC a comma list of
 ``a16``/``a8`` (activation bits), ``w8``/``w7``/``w4`` (weight bits),
 ``per-tensor``/``per-channel``: ``--precision 'separator.blocks.7.*=a16'``,
 ``--precision '*:mean=a16'``.
@@ -32,6 +35,7 @@ class PrecisionOverride(JsonConfig):
 
     module: str = "*"
     op: str = "*"
+    tensor: str = "*"  # the activation quantizer's name, as `compress eval --sensitivity` prints it
     activation_bits: int | None = None
     weight_bits: int | None = None
     per_channel: bool | None = None
@@ -46,19 +50,26 @@ class PrecisionOverride(JsonConfig):
 
     @property
     def pattern(self) -> str:
+        if self.tensor != "*":
+            return f"#{self.tensor}"
         return self.module if self.op == "*" else f"{self.module}:{self.op}"
 
-    def matches(self, module_path: str, op: str) -> bool:
-        return fnmatch.fnmatchcase(module_path, self.module) and fnmatch.fnmatchcase(op, self.op)
+    def matches(self, module_path: str, op: str, tensor: str = "") -> bool:
+        return (fnmatch.fnmatchcase(module_path, self.module) and fnmatch.fnmatchcase(op, self.op)
+                and fnmatch.fnmatchcase(tensor, self.tensor))
 
     @classmethod
     def parse(cls, text: str) -> "PrecisionOverride":
         """'MODULE[:OP]=a16,w8,per-tensor' -> a rule (the CLI's form)."""
         where, sep, spec = text.partition("=")
         if not sep or not where or not spec:
-            raise ConfigError(f"--precision {text!r}: expected MODULE[:OP]=SPEC, e.g. 'decoder.*=a16' or '*:mean=a16'")
-        module, _, op = where.partition(":")
-        fields: dict[str, Any] = {"module": module or "*", "op": op or "*"}
+            raise ConfigError(f"--precision {text!r}: expected MODULE[:OP]=SPEC or #TENSOR=SPEC, e.g. "
+                              "'decoder.*=a16', '*:mean=a16' or '#act_mul_2=a16'")
+        if where.startswith("#"):
+            fields: dict[str, Any] = {"tensor": where[1:]}
+        else:
+            module, _, op = where.partition(":")
+            fields = {"module": module or "*", "op": op or "*"}
         for item in (s.strip() for s in spec.split(",")):
             if item in ("per-tensor", "per-channel"):
                 fields["per_channel"] = item == "per-channel"
@@ -79,10 +90,11 @@ class Precision:
     per_channel: bool
 
 
-def resolve(rules: Iterable[PrecisionOverride], module_path: str, op: str, default: Precision) -> Precision:
+def resolve(rules: Iterable[PrecisionOverride], module_path: str, op: str, default: Precision,
+            tensor: str = "") -> Precision:
     activation_bits, weight_bits, per_channel = default.activation_bits, default.weight_bits, default.per_channel
     for rule in rules:
-        if not rule.matches(module_path, op):
+        if not rule.matches(module_path, op, tensor):
             continue
         activation_bits = rule.activation_bits if rule.activation_bits is not None else activation_bits
         weight_bits = rule.weight_bits if rule.weight_bits is not None else weight_bits
@@ -90,8 +102,13 @@ def resolve(rules: Iterable[PrecisionOverride], module_path: str, op: str, defau
     return Precision(activation_bits, weight_bits, per_channel)
 
 
+def precision_overrides(rules: Iterable[str]) -> tuple[PrecisionOverride, ...]:
+    """The CLI/recipe form ('MODULE[:OP]=SPEC' strings) as rules."""
+    return tuple(PrecisionOverride.parse(rule) for rule in rules)
+
+
 def overrides_from(data: Iterable[Mapping[str, Any] | PrecisionOverride]) -> tuple[PrecisionOverride, ...]:
     return tuple(d if isinstance(d, PrecisionOverride) else PrecisionOverride.from_dict(d) for d in data)
 
 
-__all__ = ["ACTIVATION_BITS", "Precision", "PrecisionOverride", "overrides_from", "resolve"]
+__all__ = ["ACTIVATION_BITS", "Precision", "PrecisionOverride", "overrides_from", "precision_overrides", "resolve"]

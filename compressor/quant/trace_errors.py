@@ -120,16 +120,33 @@ def _probe_length(model: nn.Module, example_inputs: Sequence[torch.Tensor],
     return None
 
 
+def _eager_failure(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> BaseException | None:
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    except Exception as exc:  # whatever the model raises on its own example
+        return exc
+    return None
+
+
 def explain_export_failure(model: nn.Module, exc: BaseException,
                            example_inputs: Sequence[torch.Tensor] = ()) -> UnsupportedOpError:
     """The toolkit error for ``exc`` raised by torch.export on ``model``; raise it ``from exc``."""
     roots = _library_roots()
     kind = _classify(exc, roots)
+    detail = ""
+    if kind == LENGTH_GUARD and example_inputs:
+        eager = _eager_failure(model, example_inputs)
+        if eager is not None:  # it fails on the example itself: say how, at the line where it does
+            exc, kind = eager, (LENGTH_GUARD if _classify(eager, roots) == LENGTH_GUARD else OTHER)
+            detail = (str(eager).strip().splitlines() or [type(eager).__name__])[0][:200]
     where = _user_frame(exc, roots)
     if where is None and kind == LENGTH_GUARD and example_inputs:
         where = _probe_length(model, example_inputs, roots)
     # Unclassified failures keep torch's first line: it is the only clue to what went wrong.
     what = _WHAT.get(kind) or (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if detail and detail not in what:
+        what = f"{what} ({detail})"
     at = f" at {where}" if where else " (source line unknown)"
     return UnsupportedOpError(
         f"torch.export could not trace {type(model).__name__}: {what}{at} — {_HINT[kind]} "

@@ -9,6 +9,7 @@ from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
 from compressor.quant import QuantConfig, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
+from compressor.quant.precision import precision_overrides
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 from compressor.recipes.level import augmented, fit_level_stage, pin_input_range, stage_records
 from compressor.stages.level_model import at_level
@@ -30,14 +31,17 @@ class PTQConfig(JsonConfig):
     # random spectral tilt of the items' noise (white to brown/blue): on the robustness set PTQ -0.74 -> -0.62 dB,
     # vanilla QAT -0.54 -> -0.48 dB against float; demo split +0.06 -> +0.16 / +0.08 -> +0.20 (README 'Level')
     tilt_aug: bool = True
+    # per-layer precision rules, 'MODULE[:OP]=a16' (compressor/quant/precision.py), later ones win
+    precision: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.calib_batches < 1 or self.batch_size < 1:
             raise ConfigError("PTQ needs calib_batches >= 1 and batch_size >= 1")
+        precision_overrides(self.precision)  # a malformed rule fails here, before any work
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
-                           calibration=self.calibration)
+                           calibration=self.calibration, overrides=precision_overrides(self.precision))
 
 
 class PTQ(Recipe):

@@ -14,6 +14,7 @@ from compressor.errors import RecipeError
 from compressor.losses import neg_si_snr_loss
 from compressor.quant import QuantConfig, QuantizedModel, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
+from compressor.quant.precision import precision_overrides
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 from compressor.recipes.level import augmented, fit_level_stage, pin_input_range, stage_records
 from compressor.stages.level import LevelStage
@@ -52,10 +53,15 @@ class QATConfig(JsonConfig):
     # random spectral tilt of the items' noise (white to brown/blue): on the robustness set PTQ -0.74 -> -0.62 dB,
     # vanilla QAT -0.54 -> -0.48 dB against float; demo split +0.06 -> +0.16 / +0.08 -> +0.20 (README 'Level')
     tilt_aug: bool = True
+    # per-layer precision rules, 'MODULE[:OP]=a16' (compressor/quant/precision.py), later ones win
+    precision: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        precision_overrides(self.precision)  # a malformed rule fails here, before any work
 
     def quant_config(self) -> QuantConfig:
         return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
-                           calibration="minmax")
+                           calibration="minmax", overrides=precision_overrides(self.precision))
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, grad_clip=self.grad_clip,
