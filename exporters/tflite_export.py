@@ -23,6 +23,7 @@ from compressor.errors import ExportError
 from exporters.lowering import LoweredModel
 from exporters.metadata import METADATA_KEY, DeployMetadata
 from exporters.tflite_layout import to_channels_last
+from exporters.tflite_wide import WideTensors, int8_view, widen
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _constants_kept_alive():
 
 
 def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool = False,
-           channels_last: bool = True) -> bytes:
+           channels_last: bool = True, wide: WideTensors | None = None) -> bytes:
     """Add (or replace) the ``METADATA_KEY`` buffer of a .tflite flatbuffer and write it compactly.
 
     With ``channels_last`` the activations between convolutions stay NHWC
@@ -100,6 +101,10 @@ def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool 
     vectors and tables are written once (``_SharedVectorBuilder``,
     ``_share_identical_tables``, ``_drop_empty_buffers``): the PTQ demo file
     536 -> 429 KB, the same ops on the same bytes.
+
+    ``wide`` (from ``tflite_wide.int8_view``): the tensors the converter saw as
+    int8 placeholders of 16-bit ones, retyped int16 with the QUANTIZE ops and
+    int64 biases their kernels need (``exporters.tflite_wide``).
     """
     from ai_edge_litert import schema_py_generated as schema
 
@@ -115,6 +120,8 @@ def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool 
     if channels_last:
         counts = to_channels_last(model, schema)
         log.info("channels-last layout: %d -> %d ops", counts["ops_before"], counts["ops_after"])
+    if wide is not None:
+        log.info("16-bit activations: %s", widen(model, schema, wide))
     if not keep_tensor_names:
         for subgraph in model.subgraphs:
             io_tensors = {int(i) for i in subgraph.inputs} | {int(i) for i in subgraph.outputs}
@@ -245,8 +252,14 @@ def read_metadata(flatbuffer: bytes) -> str | None:
 
 def build_tflite(lowered: LoweredModel, example: torch.Tensor, metadata: DeployMetadata,
                  keep_tensor_names: bool = False) -> bytes:
-    """The finished .tflite bytes (not yet written to their final path)."""
-    return finish(convert(lowered, example), metadata, keep_tensor_names)
+    """The finished .tflite bytes (not yet written to their final path).
+
+    16-bit activations (precision overrides) convert as int8 placeholders on their own scales and are
+    retyped int16 afterwards (``exporters.tflite_wide``).
+    """
+    with int8_view(lowered) as wide:
+        flatbuffer = convert(lowered, example)
+    return finish(flatbuffer, metadata, keep_tensor_names, wide=wide)
 
 
 def op_report(path_or_bytes: Path | bytes) -> list[dict[str, object]]:
@@ -302,7 +315,7 @@ def xnnpack_coverage(path_or_bytes: Path | bytes, threads: int = 1) -> dict[str,
 
 
 def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], codes) -> dict[str, list[np.ndarray]]:
-    """The file's int8 tensors that may be the lowered graph's quantize nodes, for one input.
+    """The file's int8 (and int16) tensors that may be the lowered graph's quantize nodes, for one input.
 
     The converter names tensors after modules, not graph nodes, so a tensor is
     matched by its qparams and size (``wanted``: name -> (scale, zero_point,
@@ -321,7 +334,7 @@ def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], 
     pool: dict[tuple, list[int]] = {}
     for t in interp.get_tensor_details():
         scale, zero_point = t["quantization"]
-        if t["dtype"].__name__ == "int8" and scale:
+        if t["dtype"].__name__ in ("int8", "int16") and scale:
             key = (round(float(scale), 9), int(zero_point), int(np.prod(t["shape"])))
             pool.setdefault(key, []).append(t["index"])
     found: dict[str, list[np.ndarray]] = {}

@@ -158,7 +158,8 @@ def find_quantized(model: nn.Module) -> QuantizedModel:
     return found
 
 
-def _roles(qmodel: QuantizedModel) -> dict[str, str]:
+def model_io_roles(qmodel: QuantizedModel) -> dict[str, str]:
+    """quantizer name -> "input", "output" or "input+output" for the model's own boundary quantizers."""
     from compressor.fqse.io_config import input_quantizers, io_quantizers  # the one place that finds them
 
     try:
@@ -185,7 +186,7 @@ def _describe(node: fx.Node) -> tuple[str, str, str]:
 def _blank_rows(qmodel: QuantizedModel) -> tuple[dict[str, QuantizerClipping], list[str]]:
     """A zeroed row per activation quantizer in 'quantize' mode, in graph order; and the names skipped."""
     acts = qmodel.activation_quantizers()
-    roles = _roles(qmodel)
+    roles = model_io_roles(qmodel)
     prefix = f"{QUANTIZER_ROOT}."
     rows: dict[str, QuantizerClipping] = {}
     skipped: list[str] = []

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from compressor.metrics import si_snr_np
 from compressor.quant.graph import QUANTIZER_ROOT, module_path, op_kind, rule_site
+from compressor.quant.clipping import model_io_roles
 from compressor.quant.model import QuantizedModel
 from compressor.quant.quantizers import WIDE_BITS, ActivationQuantizer, FixedQParamsQuantizer, fixed_qparams
 
@@ -30,6 +31,7 @@ class SensitivityRow:
     op: str
     gain_16bit_db: float  # SI-SNR of the model with this tensor at 16 bits, minus the all-int8 model's
     gain_float_db: float  # ... with this tensor float
+    role: str = ""  # "input"/"output": a file's audio stays 8-bit, so no override can widen it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,14 +44,16 @@ class SensitivityReport:
     rows: list[SensitivityRow]
 
     def ranked(self, count: int | None = None) -> list[SensitivityRow]:
-        ordered = sorted(self.rows, key=lambda r: r.gain_16bit_db, reverse=True)
+        # tensors an override can widen first; the model's own input/output after them
+        ordered = sorted(self.rows, key=lambda r: (r.role == "", r.gain_16bit_db), reverse=True)
         return ordered[:count] if count else ordered
 
     def markdown(self, count: int | None = None) -> str:
         lines = ["| quantizer | layer | op | SI-SNR gain at 16 bits (dB) | SI-SNR gain as float (dB) |",
                  "|---|---|---|---|---|"]
-        lines += [f"| {r.quantizer} | {r.layer or '(top level)'} | {r.op} | {r.gain_16bit_db:+.3f} | "
-                  f"{r.gain_float_db:+.3f} |" for r in self.ranked(count)]
+        lines += [f"| {r.quantizer}{f' (model {r.role}, stays 8-bit)' if r.role else ''} | "
+                  f"{r.layer or '(top level)'} | {r.op} | {r.gain_16bit_db:+.3f} | {r.gain_float_db:+.3f} |"
+                  for r in self.ranked(count)]
         return "\n".join(lines) + "\n"
 
     def summary(self) -> str:
@@ -123,6 +127,7 @@ def sensitivity(model: nn.Module, qmodel: QuantizedModel, dataset: Any, max_item
     baseline = _mean_si_snr(model, batch)
     nodes = {str(n.target).removeprefix(f"{QUANTIZER_ROOT}."): n for n in qmodel.graph_module.graph.nodes
              if n.op == "call_module" and str(n.target).startswith(f"{QUANTIZER_ROOT}.")}
+    roles = model_io_roles(qmodel)
     rows = []
     quantizers = {name: q for name, q in qmodel.activation_quantizers().items()
                   if isinstance(q, (ActivationQuantizer, FixedQParamsQuantizer)) and q.bits < WIDE_BITS}
@@ -135,7 +140,8 @@ def sensitivity(model: nn.Module, qmodel: QuantizedModel, dataset: Any, max_item
         site = rule_site(node.args[0]) if node is not None and node.args else None
         layer = module_path(site) if site is not None and site.op == "call_function" else ""
         op = op_kind(site) if site is not None else ""
-        rows.append(SensitivityRow(name, layer, op, round(wide - baseline, 4), round(off - baseline, 4)))
+        rows.append(SensitivityRow(name, layer, op, round(wide - baseline, 4), round(off - baseline, 4),
+                                   roles.get(name, "")))
     return SensitivityReport(round(baseline, 4), items, rows)
 
 
