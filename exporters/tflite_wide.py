@@ -69,27 +69,6 @@ from exporters.verify import describe_tensors
 qd = torch.ops.quantized_decomposed
 _QDQ = (qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default)
 
-# LiteRT builtin kernels measured to run with int16 activations (int64 bias for the convolutions) within 1 LSB
-# of the simulation, in mixed int8/int16 graphs (tests/test_wide_precision.py and the export verification).
-INT16_OPS = frozenset({
-    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "LOGISTIC", "TANH", "MEAN",
-    "LEAKY_RELU", "RELU", "MAXIMUM", "MINIMUM", "GREATER", "SELECT", "QUANTIZE", "DEQUANTIZE",
-    # data movement: runs in its output's dtype
-    "PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "SLICE", "STRIDED_SLICE", "MAX_POOL_2D",
-    "CONCATENATION",
-})
-# why some cannot (the default: an int16 kernel this exporter has not checked against the simulation)
-_REFUSED = {
-    "RSQRT": "LiteRT's int16 RSQRT is inaccurate for small inputs: 22 LSB off the simulation measured, ~600 in "
-             "the worst case",
-    "SQRT": "LiteRT has no int16 SQRT kernel",
-    "REVERSE_V2": "the converter leaves REVERSE_V2 unquantized",
-}
-# int16 output of these is off the simulation by more than 1 LSB (an int8 output from an int16 input is fine)
-_INEXACT_OUTPUT = {
-    "TANH": "LiteRT's int16 TANH table is up to 3 LSB of 1/32768 off tanh; keep the tanh output 8-bit "
-            "(its input may stay 16-bit)",
-}
 _BIAS_SLOT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2}
 _WEIGHT_SLOT = {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "FULLY_CONNECTED": 1}
 _SAME_GRID = frozenset({"MAXIMUM", "MINIMUM", "SELECT"})  # no requantization in the kernel: inputs on the output's grid
@@ -332,10 +311,11 @@ class _Widener:
 
     def check_kernel(self, op: Any, name: str) -> None:
         wide_output = any(self.sg.tensors[int(t)].type == self.tt.INT16 for t in op.outputs if t >= 0)
-        if name in INT16_OPS and not (wide_output and name in _INEXACT_OUTPUT):
+        kernel = target_op("tflite", name)
+        if kernel is not None and kernel.int16 and (kernel.int16_output or not wide_output):
             return
-        why = _INEXACT_OUTPUT.get(name) if name in INT16_OPS else _REFUSED.get(
-            name, f"no int16 {name} kernel checked against the simulation")
+        why = (kernel.int16_note if kernel is not None else "") or \
+            f"no int16 {name} kernel checked against the simulation"
         raise ExportError(
             f"{self.where(op)}: TFLite op {name} cannot run at 16 bits in LiteRT ({why}). Remove the precision "
             "override that makes its input or output 16-bit, or export to ONNX, which runs it at 16 bits")
@@ -447,4 +427,4 @@ class _Widener:
         return new
 
 
-__all__ = ["INT16_OPS", "WideTensors", "int8_view", "widen"]
+__all__ = ["WideTensors", "int8_view", "widen"]

@@ -76,6 +76,11 @@ class TargetOp:
     role: str = "float"     # onnx: one of ONNX_ROLES
     macs: str | None = None  # one of MAC_FORMULAS for MAC layers
     moves: bool = False      # tflite: only moves int8 data (onnx: role "move")
+    # tflite: LiteRT runs it with int16 activations within 1 LSB of the simulation (16x8, mixed graphs);
+    # int16_note says why not, or (with int16_output False) why only its input may be 16-bit
+    int16: bool = False
+    int16_output: bool = True
+    int16_note: str = ""
 
 
 @dataclass(frozen=True)

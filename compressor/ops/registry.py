@@ -9,6 +9,7 @@ missing. Registration is this literal list, nothing registers by import.
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 from functools import cache
 from typing import Any, Iterable
@@ -212,6 +213,7 @@ def _target_ops() -> tuple[TargetOp, ...]:
                                       "DEQUANTIZE")),
         *(_t(n) for n in ("SOFTMAX", "LOG_SOFTMAX", "AVERAGE_POOL_2D", "CAST")),
     )
+    tflite = tuple(_with_int16(op) for op in tflite)
     onnx = (
         _o("Conv", "integer", "conv"), _o("Gemm", "integer", "linear"), _o("MatMul", "integer", "matmul"),
         _o("ConvTranspose", "float", "conv_transpose"),
@@ -231,6 +233,30 @@ def _target_ops() -> tuple[TargetOp, ...]:
         *(_o(n, "meta") for n in ("Constant", "Shape", "ConstantOfShape", "Cast", "Range", "Size")),
     )
     return tflite + onnx
+
+
+# LiteRT kernels measured to run with int16 activations (int64 bias for the convolutions) within 1 LSB of the
+# simulation in mixed int8/int16 graphs (tests/test_wide_precision.py and each export's op-by-op check);
+# data movement runs in its output's dtype. Any other op at 16 bits is refused: unchecked, or for the reason given.
+_TFLITE_INT16 = frozenset({
+    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "LOGISTIC", "TANH", "MEAN",
+    "LEAKY_RELU", "RELU", "MAXIMUM", "MINIMUM", "GREATER", "SELECT", "QUANTIZE", "DEQUANTIZE",
+    "PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "SLICE", "STRIDED_SLICE", "MAX_POOL_2D",
+    "CONCATENATION",
+})
+_TFLITE_INT16_NOTES = {
+    "RSQRT": "LiteRT's int16 RSQRT is inaccurate for small inputs: 22 LSB off the simulation measured, ~600 in "
+             "the worst case",
+    "SQRT": "LiteRT has no int16 SQRT kernel",
+    "REVERSE_V2": "the converter leaves REVERSE_V2 unquantized",
+    "TANH": "LiteRT's int16 TANH table is up to 3 LSB of 1/32768 off tanh; keep the tanh output 8-bit "
+            "(its input may stay 16-bit)",
+}
+
+
+def _with_int16(op: TargetOp) -> TargetOp:
+    return dataclasses.replace(op, int16=op.name in _TFLITE_INT16, int16_output=op.name != "TANH",
+                               int16_note=_TFLITE_INT16_NOTES.get(op.name, ""))
 
 
 RECORDS: tuple[OpRecord, ...] = _records()
