@@ -89,7 +89,8 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
         loaded = load(path, model_factory, trust_pickle)
         model = inference_model(loaded)  # e.g. FQSE: splitter -> int8 graph -> combiner
         if loaded.quantized:
-            name = f"{path.stem} (simulated int{loaded.model.config.activation_bits})"
+            wide = " + 16-bit overrides" if loaded.model.config.overrides else ""
+            name = f"{path.stem} (simulated int{loaded.model.config.activation_bits}{wide})"
             if clipping:  # hooks on the quantizers during the simulated pass: the data runs once
                 with ClippingMonitor(model) as monitor:
                     results.append((name, evaluate(model, dataset, desc=path.stem, max_items=max_items)))
