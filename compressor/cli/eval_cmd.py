@@ -50,7 +50,7 @@ SENSITIVITY_ITEMS = 4  # each of them, cut to 2 s, runs twice per quantizer: kee
               help="Quantized MODELS: per activation quantizer, the SI-SNR gained by keeping only that tensor at "
                    f"16 bits, and as float (one quantizer at a time, on --max-items items, default "
                    f"{SENSITIVITY_ITEMS}). Prints the {SENSITIVITY_ROWS} most sensitive; --json/--md get all. "
-                   "Tells where a --precision 'MODULE=a16' override pays.")
+                   "Tells where a --precision '#NAME=a16' override pays.")
 @click.option("--threads", type=int)
 @click.option("-v", "--verbose", is_flag=True)
 @handle_errors

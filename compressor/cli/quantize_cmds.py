@@ -61,8 +61,9 @@ def _common(func):
         click.option("--precision", "precision", multiple=True, metavar="MODULE[:OP]=SPEC",
                      help="Per-layer precision rule, repeatable, later ones win: SPEC is a comma list of a16/a8 "
                           "(activation bits), w2..w8 (weight bits), per-tensor/per-channel. MODULE is a pattern on "
-                          "the module path, OP on the op name: 'separator.blocks.7.*=a16', '*:mean=a16'. "
-                          "`compress eval --sensitivity` says where 16 bits pay."),
+                          "the module path, OP on the op name: 'separator.blocks.7.*=a16', '*:mean=a16'; "
+                          "'#NAME=a16' names one tensor as `compress eval --sensitivity` lists it (and says where "
+                          "16 bits pay)."),
         click.option("--seed", default=0, show_default=True),
         click.option("--no-level-stage", is_flag=True,
                      help="No level stage: the file runs at the input's own level (default: every chunk is scaled "
