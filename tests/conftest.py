@@ -12,6 +12,14 @@ def _few_threads():
 
 
 @pytest.fixture
+def eager_fake_quant(monkeypatch):
+    """torch's own fake-quant kernels (bit-identical): compiling the fast ones takes ~20 s once per process."""
+    from compressor.quant import fake_quant
+
+    monkeypatch.setattr(fake_quant._Kernels, "compiled", False)
+
+
+@pytest.fixture
 def tiny_tasnet():
     from compressor.zoo import build_model
 

@@ -21,12 +21,7 @@ from tests.conftest import TINY_TASNET
 SR = 16000
 
 
-@pytest.fixture(autouse=True)
-def _eager_fake_quant(monkeypatch):
-    """torch's own fake-quant kernels (bit-identical): compiling the fast ones takes ~20 s once per process."""
-    from compressor.quant import fake_quant
-
-    monkeypatch.setattr(fake_quant._Kernels, "compiled", False)
+pytestmark = pytest.mark.usefixtures("eager_fake_quant")
 
 
 class TwoInputs(nn.Module):

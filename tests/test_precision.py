@@ -14,11 +14,7 @@ from compressor.quant.sensitivity import sensitivity, widened
 from exporters import ExportConfig, export
 
 
-@pytest.fixture(autouse=True)
-def _eager_fake_quant(monkeypatch):
-    from compressor.quant import fake_quant
-
-    monkeypatch.setattr(fake_quant._Kernels, "compiled", False)
+pytestmark = pytest.mark.usefixtures("eager_fake_quant")
 
 
 class Stack(nn.Module):
@@ -74,7 +70,7 @@ def test_a_16_bit_tensor_is_symmetric_and_finer_in_the_simulation():
     assert err_wide < err_plain
 
 
-def test_rules_travel_with_the_checkpoint():
+def test_rules_survive_the_json_round_trip_checkpoints_and_file_metadata_use():
     config = QuantConfig(overrides=precision_overrides(["b=a16"]))
     restored = QuantConfig.from_dict(config.to_dict())
     assert restored == config and restored.overrides[0].activation_bits == 16

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 from functools import cache
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -122,6 +122,8 @@ def _records() -> tuple[OpRecord, ...]:
           ("Reshape", "Squeeze", "Unsqueeze", "Flatten"), fixture=("reshape_transpose",)),
         R("transpose", (aten.permute.default, aten.transpose.int, aten.t.default), "move", ("TRANSPOSE",),
           ("Transpose",), fixture=("reshape_transpose", "linear")),
+        # kept in the graph as moves, not removed like "no_op" below: removing them would retrace every model
+        # that has them, renaming its quantizers, and checkpoints saved before would no longer load
         R("identity", (aten.contiguous.default, aten.clone.default, aten.alias.default, aten.detach.default,
                        aten.dropout.default), "move", (), ("Identity",), hint="exact no-op in eval mode",
           fixture=("no_op",)),
@@ -286,10 +288,6 @@ def onnx_ops_with_role(*roles: str) -> frozenset[str]:
     return frozenset(op.name for op in TARGET_OPS if op.target == "onnx" and op.role in roles)
 
 
-def tflite_ops_with_layout(*layouts: str) -> frozenset[str]:
-    return frozenset(op.name for op in TARGET_OPS if op.target == "tflite" and op.layout in layouts)
-
-
 def moving_ops() -> frozenset[str]:
     """Target ops (both formats) that only move int8 data."""
     return frozenset(op.name for op in TARGET_OPS if op.moves or op.role == "move")
@@ -305,15 +303,11 @@ def decomposition_table() -> dict[Any, Any]:
     return {target: r.decompose for r in RECORDS if r.decompose is not None for target in r.aten}
 
 
-def quantizable(records: Iterable[OpRecord] = RECORDS) -> list[OpRecord]:
-    return [r for r in records if r.quantizable]
-
-
 def op_name(target: Any) -> str:
     """'aten.conv1d.default' for ATen ops, the function name otherwise."""
     return str(target) if isinstance(target, torch._ops.OpOverload) else getattr(target, "__name__", str(target))
 
 
 __all__ = ["RECORDS", "SPECTRAL_HINT", "TARGET_OPS", "decomposition_table", "mac_ops", "moving_ops",
-           "onnx_ops_with_role", "op_name", "quantizable",
-           "record_for", "target_op", "tflite_ops_with_layout"]
+           "onnx_ops_with_role", "op_name",
+           "record_for", "target_op"]
