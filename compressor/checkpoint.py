@@ -20,6 +20,7 @@ from torch import nn
 from compressor.errors import CheckpointError
 from compressor.fileio import atomic_path
 from compressor.quant import QuantConfig, QuantizedModel, quantize
+from compressor.quant.model import quantize_program
 
 FLOAT_FORMAT = "audio-compress/float"
 QUANT_FORMAT = "audio-compress/quantized"
@@ -28,9 +29,14 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """How to rebuild the float model: from the zoo, or from a torch.export program."""
+    """How to rebuild the float model: from the zoo, or from a torch.export program.
 
-    kind: str  # "zoo" | "pt2"
+    ``traced`` is the program quantize() planned its quantizers on (int8 forms
+    applied): a quantized checkpoint of a model that is not in the zoo holds
+    it, so reloading rebuilds the same graph without a re-trace.
+    """
+
+    kind: str  # "zoo" | "pt2" | "traced"
     name: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     program: bytes | None = None
@@ -40,7 +46,7 @@ class ArchSpec:
             from compressor.zoo import build_model
 
             return build_model(self.name, self.config)
-        if self.kind == "pt2" and self.program is not None:
+        if self.kind in ("pt2", "traced") and self.program is not None:
             try:
                 return torch.export.load(io.BytesIO(self.program)).module()
             except Exception as exc:
@@ -76,6 +82,13 @@ class ArchSpec:
     def describe(self) -> str:
         return f"zoo:{self.name}" if self.kind == "zoo" else "torch.export program"
 
+    def for_quantized(self, qmodel: QuantizedModel) -> "ArchSpec":
+        """What a quantized checkpoint of ``qmodel`` stores: a zoo model is rebuilt from its code, anything
+        else from the exact program its quantizers were planned on."""
+        if self.kind == "zoo" or qmodel.traced_program is None:
+            return self
+        return ArchSpec(kind="traced", program=qmodel.traced_program)
+
 
 @dataclass
 class LoadedModel:
@@ -107,7 +120,7 @@ def save_float(path: str | Path, model: nn.Module, arch: ArchSpec, info: dict[st
 
 def save_quantized(path: str | Path, qmodel: QuantizedModel, arch: ArchSpec,
                    recipe: dict[str, Any], info: dict[str, Any] | None = None) -> Path:
-    payload = {"format": QUANT_FORMAT, "version": FORMAT_VERSION, "arch": arch.to_dict(),
+    payload = {"format": QUANT_FORMAT, "version": FORMAT_VERSION, "arch": arch.for_quantized(qmodel).to_dict(),
                "quant_config": qmodel.config.to_dict(), "example_shapes": qmodel.example_shapes,
                "recipe": recipe, "state_dict": _plain_state_dict(qmodel), "info": info or {}}
     return _save(path, payload)
@@ -119,6 +132,14 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def rebuild_quantized(arch: ArchSpec, config: QuantConfig, example_shapes: list[list[int]]) -> QuantizedModel:
     """The same quantized graph as the one saved (parameters still to load)."""
+    if arch.kind == "traced" and arch.program is not None:
+        try:
+            return quantize_program(arch.program, example_shapes, config)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"the embedded torch.export program does not load: {_first_line(exc)}") from exc
+    # a zoo model, or a checkpoint written before "traced" (its program is quantized the way it was then)
     float_model = arch.build()
     examples = [torch.zeros(shape) for shape in example_shapes]
     return quantize(float_model, examples, config)

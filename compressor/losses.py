@@ -14,6 +14,11 @@ import torch
 from compressor.errors import ConfigError
 
 
+def with_source_axis(estimates: torch.Tensor) -> torch.Tensor:
+    """A model's output as (batch, sources, time): a model with one source may return (batch, time)."""
+    return estimates.unsqueeze(1) if estimates.dim() == 2 else estimates
+
+
 def si_snr(
     estimate: torch.Tensor, reference: torch.Tensor, eps: float = 1e-8
 ) -> torch.Tensor:

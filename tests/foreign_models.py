@@ -63,3 +63,28 @@ def make_tiny_mlp() -> nn.Module:
     """A --model-factory target for the tests."""
     torch.manual_seed(0)
     return TinyMLP()
+
+
+class UserMasker(nn.Module):
+    """An enhancer as users write one: conv encoder, SiLU blocks with residuals, sigmoid mask, transposed-conv
+    decoder. Its SiLUs are rewritten after tracing, which renumbers the traced nodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Conv1d(1, 16, 16, stride=8, padding=4)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv1d(16, 16, 3, padding=1), nn.SiLU()) for _ in range(2)])
+        self.mask = nn.Conv1d(16, 16, 1)
+        self.decoder = nn.ConvTranspose1d(16, 1, 16, stride=8, padding=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.relu(self.encoder(x.unsqueeze(1)))
+        y = w
+        for block in self.blocks:
+            y = y + block(y)
+        return self.decoder(w * torch.sigmoid(self.mask(y))).squeeze(1)
+
+
+def make_user_masker() -> nn.Module:
+    """A --model-factory target for the checkpoint round-trip tests."""
+    torch.manual_seed(0)
+    return UserMasker()

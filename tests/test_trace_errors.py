@@ -79,3 +79,13 @@ def test_torch_message_is_the_cause_not_the_text():
     assert "guard" in str(err.__cause__).lower()
     for internal in ("Eq(u0", "guard_or_false", "TORCH_LOGS", "draft_export"):
         assert internal not in str(err)
+
+
+def test_a_program_with_a_fixed_batch_says_how_to_export_it_again():
+    from tests.foreign_models import make_user_masker
+
+    program = torch.export.export(make_user_masker().eval(), (torch.randn(1, 800),),
+                                  dynamic_shapes=({1: torch.export.Dim.AUTO},))
+    with pytest.raises(UnsupportedOpError, match=r"axis 0 of size 1 .*dynamic_shapes=") as info:
+        quantize(program.module(), torch.randn(2, 800))
+    assert "Traceback" not in str(info.value)

@@ -1,6 +1,7 @@
 """The quantized model: a traced graph with quantizer modules, and ``quantize()``."""
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any, Iterator, Sequence
 
@@ -32,12 +33,16 @@ class QuantizedModel(nn.Module):
     """
 
     def __init__(self, graph_module: torch.fx.GraphModule, config: QuantConfig,
-                 example_shapes: list[list[int]], summary: dict[str, Any]) -> None:
+                 example_shapes: list[list[int]], summary: dict[str, Any],
+                 traced_program: bytes | None = None) -> None:
         super().__init__()
         self.graph_module = graph_module
         self.config = config
         self.example_shapes = example_shapes
         self.summary = summary
+        # The serialized program the quantizers were planned on: a checkpoint holding it rebuilds this exact
+        # graph (quantizer names derive from node names, and a re-trace may number nodes differently).
+        self.traced_program = traced_program
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.graph_module(*args, **kwargs)
@@ -129,9 +134,9 @@ def fold_weight_norm(model: nn.Module) -> nn.Module:
     return model
 
 
-def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
-          dynamic_shapes: Any = "auto") -> torch.fx.GraphModule:
-    """torch.export the model in eval mode; every axis of every input may vary."""
+def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
+                  dynamic_shapes: Any = "auto") -> torch.export.ExportedProgram:
+    """torch.export the model in eval mode (every axis of every input may vary), int8 forms applied."""
     if isinstance(model, QuantizedModel):
         raise UnsupportedOpError("the model is already quantized")
     model = fold_weight_norm(model)
@@ -147,8 +152,13 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
         set_training(model, was_training)
     table = decomposition_table()
     if any(node.target in table for node in program.graph.nodes):
-        # only then: a retrace renames nodes, and quantizer names of saved checkpoints derive from them
+        # only then: a retrace renames nodes, and quantizer names of zoo checkpoints derive from them
         program = program.run_decompositions(table)
+    return program
+
+
+def graph_of(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
+    """The program as the GraphModule quantizers go into."""
     gm = program.module()
     # Drop computations no output depends on (e.g. a last residual branch),
     # so they get no quantizers and cost nothing; keep the input guards.
@@ -157,6 +167,18 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
     )
     gm.recompile()
     return gm
+
+
+def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor],
+          dynamic_shapes: Any = "auto") -> torch.fx.GraphModule:
+    """The GraphModule ``quantize()`` works on: torch.export in eval mode, int8 forms applied."""
+    return graph_of(trace_program(model, example_inputs, dynamic_shapes))
+
+
+def serialize_program(program: torch.export.ExportedProgram) -> bytes:
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return buf.getvalue()
 
 
 def quantize(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor],
@@ -170,7 +192,21 @@ def quantize(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tens
     """
     config = config or QuantConfig()
     inputs = [example_input] if isinstance(example_input, torch.Tensor) else list(example_input)
-    gm = trace(model, inputs, dynamic_shapes)
+    program = trace_program(model, inputs, dynamic_shapes)
+    return quantize_program(program, [list(t.shape) for t in inputs], config)
+
+
+def quantize_program(program: torch.export.ExportedProgram | bytes, example_shapes: list[list[int]],
+                     config: QuantConfig | None = None) -> QuantizedModel:
+    """``quantize()`` on an already traced program (one from ``trace_program`` or a checkpoint): no re-trace,
+    so the quantizers get the names they had when the program was first quantized."""
+    config = config or QuantConfig()
+    if isinstance(program, bytes):
+        serialized = program
+        program = torch.export.load(io.BytesIO(program))
+    else:
+        serialized = serialize_program(program)
+    gm = graph_of(program)
     summary = insert_quantizers(gm, config)
     log.info("quantize(): %s", summary)
-    return QuantizedModel(gm, config, [list(t.shape) for t in inputs], summary)
+    return QuantizedModel(gm, config, example_shapes, summary, traced_program=serialized)

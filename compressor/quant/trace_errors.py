@@ -21,6 +21,7 @@ from compressor.errors import UnsupportedOpError
 
 DATA_DEPENDENT = "data-dependent"
 LENGTH_GUARD = "length"
+PROGRAM_SHAPE = "program"
 OTHER = "other"
 
 _WHAT = {
@@ -32,6 +33,9 @@ _HINT = {
                     "torch.nonzero sizes); replace Python `if tensor:` with torch.where",
     LENGTH_GUARD: "the model only accepts some input lengths; pass an example of the length you "
                   "deploy, or make the code length-agnostic (the toolkit traces every axis as dynamic)",
+    PROGRAM_SHAPE: "the .pt2 program was exported with that input axis fixed; export it again with the axis "
+                   "dynamic (torch.export.export(model, (x,), dynamic_shapes=({0: Dim.AUTO, 1: Dim.AUTO},))), "
+                   "or give the model as a state_dict with --model-factory",
     OTHER: "torch.export runs forward() once on symbolic tensors; keep that line free of .numpy(), "
            ".tolist(), .item() and other Python-side use of tensor values",
 }
@@ -43,6 +47,8 @@ _LENGTH_TEXT = (
     "must match the size of tensor",
     "Expected cond to be True",  # a failed torch._check(...) on a size
 )
+# A program loaded from a .pt2 checks its input shapes with guards like this one.
+_PROGRAM_GUARD = re.compile(r"Guard failed: (\w+)\.size\(\)\[(\d+)\] == (\d+)")
 # torch prints the user's frames in this form ("User Stack", "The following call ...").
 _FILE_LINE = re.compile(r'File "([^"]+)", line (\d+), in \S+\n[ \t]*(.*)')
 
@@ -133,6 +139,13 @@ def explain_export_failure(model: nn.Module, exc: BaseException,
                            example_inputs: Sequence[torch.Tensor] = ()) -> UnsupportedOpError:
     """The toolkit error for ``exc`` raised by torch.export on ``model``; raise it ``from exc``."""
     roots = _library_roots()
+    guard = next((m for e in _chain(exc) for m in [_PROGRAM_GUARD.search(str(e))] if m), None)
+    if guard is not None and isinstance(model, torch.fx.GraphModule):
+        name, axis, size = guard.groups()
+        return UnsupportedOpError(
+            f"the torch.export program only accepts {name} with axis {axis} of size {size} (its input guard); "
+            f"the toolkit runs it on other shapes — {_HINT[PROGRAM_SHAPE]}"
+        )
     kind = _classify(exc, roots)
     detail = ""
     if kind == LENGTH_GUARD and example_inputs:

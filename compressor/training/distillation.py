@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from compressor.data.wrapped import WrappedDataset
 from compressor.errors import ConfigError
-from compressor.losses import neg_si_snr_loss
+from compressor.losses import neg_si_snr_loss, with_source_axis
 
 
 class TeacherTargets(WrappedDataset):
@@ -39,7 +39,7 @@ class TeacherTargets(WrappedDataset):
         mixture = torch.as_tensor(item["mixture"]).float()
         sources = torch.as_tensor(item["sources"]).float()
         with torch.no_grad():
-            taught = self.teacher(mixture.unsqueeze(0))[0]
+            taught = with_source_axis(self.teacher(mixture.unsqueeze(0)))[0]
         if taught.shape != sources.shape:
             raise ConfigError(f"the teacher returns {tuple(taught.shape)} for an item with sources "
                               f"{tuple(sources.shape)}: it must be the float model of the same task")

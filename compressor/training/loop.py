@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from compressor.errors import TrainingError
+from compressor.losses import with_source_axis
 from compressor.module_mode import set_training
 from compressor.training import distributed
 from compressor.training.config import TrainConfig
@@ -306,7 +307,7 @@ def _validate(
         if not pending:
             return
         mixture, sources = _collate(pending)
-        estimates = model(mixture.to(device))
+        estimates = with_source_axis(model(mixture.to(device)))
         loss = loss_fn(estimates, sources.to(device))
         total[0] += float(loss.detach().double().mean()) * len(pending)
         total[1] += len(pending)
@@ -546,7 +547,7 @@ def _train(
                 mixture = mixture.to(device, non_blocking=True)
                 sources = sources.to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(train_model(mixture), sources)
+                loss = loss_fn(with_source_axis(train_model(mixture)), sources)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
                     raise TrainingError(f"loss_fn must return a scalar tensor, got {shape}")
