@@ -40,7 +40,8 @@ def convert(lowered: LoweredModel, example: torch.Tensor) -> bytes:
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)))
     noise = io.StringIO()
     try:
-        with _constants_kept_alive(), warnings.catch_warnings(), redirect_stdout(noise), redirect_stderr(noise):
+        with _constants_kept_alive(), _layout_marks_kept(), warnings.catch_warnings(), redirect_stdout(noise), \
+                redirect_stderr(noise):
             warnings.simplefilter("ignore")
             edge_model = litert_torch.convert(lowered.module.eval(), (example,), quant_config=mode)
             return edge_model.model_content()
@@ -83,6 +84,44 @@ def _constants_kept_alive():
     finally:
         fingerprint.from_tensor = original
         alive.clear()
+
+
+@contextmanager
+def _layout_marks_kept():
+    """Keep a dequantize node's own meta when litert-torch's layout pass puts a transpose after it.
+
+    litert-torch (0.10) ``OptimizeLayoutTransposesPass.insert_t_q_dq`` gives
+    the dequantize node the meta dict it shares with the new transpose and
+    quantize nodes, losing the node's layout mark and traced value. An NHWC
+    tensor with two channels-first consumers (in a CRN decoder: a pad and the
+    skip add with a ConvTranspose2d's depth-to-space output) then looks
+    channels-first to the second one, which gets no transpose: conversion
+    fails ("Attempting to broadcast a dimension", or "convert non-NHWC
+    compatible node to NHWC" when the lost value is needed), or would compute
+    on the wrong layout where the shapes agree. Only graphs that hit this
+    change; the export's op-by-op verification checks the file either way.
+    """
+    try:
+        from litert_torch._convert.fx_passes.optimize_layout_transposes_pass import pass_body
+        owner = pass_body.OptimizeLayoutTransposesPass
+        original = owner.__dict__["insert_t_q_dq"]
+    except (ImportError, AttributeError, KeyError):  # another litert-torch: verification still guards the file
+        log.debug("litert-torch layout pass not found; not patched")
+        yield
+        return
+
+    def insert_t_q_dq(self, graph, input_dq, *args, **kwargs):
+        meta = input_dq.meta
+        try:
+            return original(self, graph, input_dq, *args, **kwargs)
+        finally:
+            input_dq.meta = meta
+
+    owner.insert_t_q_dq = insert_t_q_dq
+    try:
+        yield
+    finally:
+        owner.insert_t_q_dq = original
 
 
 def finish(flatbuffer: bytes, metadata: DeployMetadata, keep_tensor_names: bool = False,

@@ -196,7 +196,8 @@ def op_parity(lowered: LoweredModel, file_tensors: Callable[[np.ndarray], dict[s
             row["max_lsb"] = max(row["max_lsb"], int(diff.max()))
             row["mean_lsb"] += float(diff.mean())
             row["inputs"] += 1
-            return torch.from_numpy(have.astype(want.dtype))
+            # contiguous: a swapped-axes layout view would make a later aten.view of the graph fail
+            return torch.from_numpy(np.ascontiguousarray(have, dtype=want.dtype))
 
     for codes in input_codes:
         with torch.no_grad():

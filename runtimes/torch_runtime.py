@@ -8,7 +8,7 @@ import torch
 
 from compressor.checkpoint import load_model
 from compressor.module_mode import set_training
-from exporters.api import ExportConfig, deploy_metadata
+from exporters.api import ExportConfig, _input_shape, deploy_metadata
 from exporters.lowering import lower
 from exporters.metadata import DeployMetadata, TensorSpec, io_processing, stages_of
 from runtimes.base import Runtime
@@ -35,7 +35,8 @@ class TorchRuntime(Runtime):
         cfg = ExportConfig(target="onnx", uint8_activations=False, sample_rate=sample_rate, chunk_seconds=chunk_seconds)
         if self.quantized:
             splitter, combiner = io_processing(loaded.recipe)
-            self.metadata = deploy_metadata(self.model, lower(self.model, int8_io=True), cfg,
+            lowered = lower(self.model, int8_io=True, input_shape=_input_shape(self.model, cfg))
+            self.metadata = deploy_metadata(self.model, lowered, cfg,
                                             {"path": str(path), "splitter": splitter, "combiner": combiner,
                                              "stages": stages_of(loaded.recipe)})
         else:

@@ -49,7 +49,7 @@ class TinyAttention(nn.Module):
 
 
 class TinyGRU(nn.Module):
-    """nn.GRU: one fused float kernel, which quantize() must refuse."""
+    """nn.GRU: substituted by quantize(), refused as one fused float kernel when that substitution is off."""
 
     def __init__(self) -> None:
         super().__init__()

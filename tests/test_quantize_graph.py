@@ -108,9 +108,10 @@ def test_weight_channels_hold_at_most_2b_values(bits):
             assert channel.unique().numel() <= 2**bits, name
 
 
-def test_gru_is_refused_with_op_and_source_line():
+def test_gru_is_refused_with_op_and_source_line_when_its_substitution_is_off():
+    quantize(TinyGRU(), torch.randn(2, 7, 4))  # substituted by default
     with pytest.raises(UnsupportedOpError) as err:
-        quantize(TinyGRU(), torch.randn(2, 7, 4))
+        quantize(TinyGRU(), torch.randn(2, 7, 4), QuantConfig(substitutions=("norm", "batchnorm", "attention")))
     msg = str(err.value)
     assert "aten.gru" in msg
     assert "foreign_models.py" in msg and "self.gru(x)" in msg

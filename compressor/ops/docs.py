@@ -19,6 +19,7 @@ _KIND_TEXT = {
     "same_grid": "int8 output on its input's grid",
     "mask": "boolean, not quantized",
     "decomposed": "rewritten after tracing",
+    "recurrent": "nn.GRU/nn.LSTM substituted; int8 weights, gates and states, unrolled per frame in files",
 }
 
 

@@ -27,6 +27,7 @@ KINDS = (
     "same_grid", # output re-quantized on its input's grid (avg pool, where: LiteRT keeps the input's qparams)
     "mask",      # boolean/integer result (x > 0): nothing to quantize
     "decomposed",  # rewritten right after tracing into ops that have int8 kernels (``decompose``)
+    "recurrent",   # a scan over frames (compressor/recurrent): simulated by a loop, unrolled by the exporters
     "refused",   # no int8 form: quantize() refuses it with ``hint``
 )
 
@@ -100,6 +101,10 @@ class OpRecord:
     fixture: tuple[str, ...] = ()  # its models in compressor.ops.fixtures.FIXTURES (the parity grid)
     hint: str = ""                 # refused ops: what to do instead; others: how it is lowered
     decompose: Callable[..., Any] | None = None  # decomposed ops: the exact rewrite (compressor/ops/decompositions.py)
+    # a standard layer swapped for an exact int8-ready form, switchable: the QuantConfig.substitutions kind that
+    # enables it ("norm", "batchnorm", "attention"); when that kind is off quantize() refuses it with off_hint
+    substitution: str | None = None
+    off_hint: str = ""
 
     @property
     def quantizable(self) -> bool:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import operator
 from functools import cache
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from compressor.ops import decompositions as dec
 from compressor.ops.record import OpRecord, TargetOp
+from compressor.recurrent.op import SCAN_OPS
 
 aten = torch.ops.aten
 
@@ -25,7 +26,8 @@ SPECTRAL_HINT = ("complex tensors have no int8 form: compute the STFT before the
                   "(feed real/imaginary or magnitude features, e.g. torch.view_as_real(spec), as a float input) "
                   "and quantize only the network between them")
 _NORM_HINT = "write the norm as explicit ops (mean, sub, mul, mean, add eps, rsqrt, mul)"
-_RNN_HINT = "runs as one float kernel; write the cell out (Linear, sigmoid, tanh, mul, add)"
+_RNN_HINT = ("runs as one float kernel; quantize() swaps nn.GRU / nn.LSTM modules for int8 cells, but not a "
+             "functional call (use the module) or with the 'recurrent' substitution switched off")
 
 
 def _records() -> tuple[OpRecord, ...]:
@@ -36,9 +38,18 @@ def _records() -> tuple[OpRecord, ...]:
           macs="conv", fixture=("conv1d", "conv1d_depthwise", "conv1d_dilated", "weight_norm")),
         R("conv2d", (aten.conv2d.default,), "weighted", ("CONV_2D", "DEPTHWISE_CONV_2D"), ("Conv",),
           macs="conv", fixture=("conv2d",)),
-        R("conv_transpose1d", (aten.conv_transpose1d.default,), "weighted", ("CONV_2D", "RESHAPE", "TRANSPOSE"),
-          ("Conv", "Reshape", "Transpose"), weight_axis=1, macs="conv_transpose", fixture=("conv_transpose1d",),
+        R("conv_transpose1d", (aten.conv_transpose1d.default,), "weighted",
+          ("CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "TRANSPOSE", "SLICE"), ("Conv", "Reshape", "Transpose", "Slice"),
+          weight_axis=1, macs="conv_transpose",
+          fixture=("conv_transpose1d", "conv_transpose1d_grouped"),
           hint="lowered to a polyphase conv1d + reshape (nn.ConvTranspose1d itself runs float in both runtimes)"),
+        R("conv_transpose2d", (aten.conv_transpose2d.input,), "weighted",
+          ("CONV_2D", "DEPTHWISE_CONV_2D", "RESHAPE", "TRANSPOSE", "SLICE"),
+          ("Conv", "Reshape", "Transpose", "Slice"), weight_axis=1, macs="conv_transpose",
+          fixture=("conv_transpose2d", "conv_transpose2d_stride2", "conv_transpose2d_grouped",
+                   "conv_transpose2d_depthwise"),
+          hint="lowered to a polyphase conv2d + depth-to-space reshape/transpose (LiteRT's TRANSPOSE_CONV and "
+               "ORT's ConvTranspose run float: benchmarks/results/ops/conv_transpose2d.md)"),
         R("linear", (aten.linear.default,), "weighted", ("FULLY_CONNECTED", "RESHAPE"), ("Gemm", "Reshape"),
           macs="linear", fixture=("linear",), hint="linear on N-d input -> 2-d linear"),
         R("matmul", (aten.matmul.default, aten.bmm.default, aten.mm.default), "compute",
@@ -46,8 +57,9 @@ def _records() -> tuple[OpRecord, ...]:
         # -- elementwise arithmetic ---------------------------------------------------------------
         R("add", (aten.add.Tensor, aten.add.Scalar), "compute", ("ADD",), ("Add",), fixture=("add",)),
         R("sub", (aten.sub.Tensor, aten.sub.Scalar, aten.rsub.Scalar), "compute", ("SUB",), ("Sub",),
-          fixture=("sub", "rsub", "gln")),
-        R("mul", (aten.mul.Tensor, aten.mul.Scalar), "compute", ("MUL",), ("Mul",), fixture=("mul",)),
+          fixture=("sub", "rsub", "gln", "norm_twice"), hint="written twice on two grids: one SUB per grid"),
+        R("mul", (aten.mul.Tensor, aten.mul.Scalar), "compute", ("MUL", "ABS"), ("Mul", "Abs"),
+          fixture=("mul", "square_conv"), hint="x * x of a reshaped tensor (a Conv1d output) -> |x| * |x|"),
         R("div", (aten.div.Tensor, aten.div.Scalar), "compute", ("DIV", "MAXIMUM", "MUL"), ("Div", "Clip"),
           positive_input=1,
           fixture=("div", "div_scalar")),
@@ -66,8 +78,9 @@ def _records() -> tuple[OpRecord, ...]:
         R("exp", (aten.exp.default,), "compute", ("EXP",), ("Exp",), fixture=("exp",)),
         R("abs", (aten.abs.default,), "compute", ("ABS",), ("Abs",), fixture=("abs",)),
         R("neg", (aten.neg.default,), "compute", ("NEG", "MUL"), ("Neg",), fixture=("neg",)),
-        R("square", (aten.square.default, aten.pow.Tensor_Scalar), "compute", ("MUL", "SQUARE", "POW"),
-          ("Mul", "Pow"), fixture=("square",)),
+        R("square", (aten.square.default, aten.pow.Tensor_Scalar), "compute", ("MUL", "SQUARE", "POW", "ABS"),
+          ("Mul", "Pow", "Abs"), fixture=("square", "square_conv", "norm_twice"),
+          hint="x ** 2 -> x * x; of a reshaped tensor (a Conv1d output) -> |x| * |x|"),
         R("clamp", (aten.clamp.default,), "compute", ("MAXIMUM", "MINIMUM", "RELU_N1_TO_1", "RELU6"), ("Clip",),
           fixture=("clamp",)),
         # -- activations --------------------------------------------------------------------------
@@ -96,6 +109,12 @@ def _records() -> tuple[OpRecord, ...]:
         R("softmax_any_axis", (aten.softmax.int,), "decomposed", ("SOFTMAX", "TRANSPOSE"), ("Softmax", "Transpose"),
           decompose=dec.softmax, hint="over the last axis (LiteRT's int8 SOFTMAX); another axis is moved there",
           fixture=("softmax_channels",)),
+        R("log_softmax", (aten.log_softmax.int, aten._log_softmax.default), "decomposed",
+          ("REDUCE_MAX", "SUB", "EXP", "SUM", "LOG", "MAXIMUM"),
+          ("ReduceMax", "Sub", "Exp", "ReduceSum", "Log", "Clip"),
+          decompose=dec.log_softmax, fixture=("log_softmax",),
+          hint="x - max - log(sum(exp(x - max))), each step on its own grid (LiteRT's own lowering is float; "
+               "log of softmax's 1/256 grid floors log-probabilities at -5.5)"),
         # -- reductions and pooling ---------------------------------------------------------------
         R("mean", (aten.mean.dim, aten.mean.default), "compute", ("MEAN",), ("ReduceMean",),
           fixture=("mean", "gln")),
@@ -111,6 +130,7 @@ def _records() -> tuple[OpRecord, ...]:
           fixture=("max_pool",)),
         R("amax", (aten.amax.default, aten.max.dim), "move", ("REDUCE_MAX",), ("ReduceMax",),
           fixture=("amax", "max_dim")),
+        R("amin", (aten.amin.default, aten.min.dim), "move", ("REDUCE_MIN",), ("ReduceMin",), fixture=("amin",)),
         # -- constants: new tensors, quantized like computed ones; folded into the file -----------
         R("constant", (aten.zeros.default, aten.ones.default, aten.full.default, aten.zeros_like.default,
                        aten.ones_like.default, aten.full_like.default, aten.scalar_tensor.default), "compute",
@@ -141,6 +161,22 @@ def _records() -> tuple[OpRecord, ...]:
           ("RESHAPE", "BROADCAST_TO", "EXPAND_DIMS"), ("Unsqueeze", "Expand", "Reshape"),
           decompose=dec.upsample_nearest,
           hint="each sample repeated (integer factors; data movement only)", fixture=("upsample_nearest",)),
+        R("upsample_linear", (aten.upsample_linear1d.vec, aten.upsample_bilinear2d.vec), "decomposed",
+          ("MUL", "ADD", "SLICE", "STRIDED_SLICE", "CONCATENATION", "RESHAPE"),
+          ("Mul", "Add", "Slice", "Concat", "Unsqueeze", "Reshape"), decompose=dec.upsample_linear,
+          hint="per output phase a 2-tap mix (1 - w) * x + w * neighbour, the edge sample repeated, phases "
+               "interleaved; bilinear: along H, then W (integer factors, align_corners=False)",
+          fixture=("upsample_linear", "upsample_bilinear")),
+        R("unfold", (aten.im2col.default,), "decomposed",
+          ("PAD", "SLICE", "STRIDED_SLICE", "CONCATENATION", "TRANSPOSE", "RESHAPE"),
+          ("Pad", "Slice", "Unsqueeze", "Squeeze", "Concat", "Transpose", "Reshape"), decompose=dec.im2col,
+          hint="framing as pad + strided slices + stack (kernel/gcd(kernel, stride) slices per axis) + reshape",
+          fixture=("unfold_fold", "unfold_odd", "unfold_fold_2d")),
+        R("fold", (aten.col2im.default,), "decomposed",
+          ("PAD", "ADD", "SLICE", "STRIDED_SLICE", "TRANSPOSE", "RESHAPE"),
+          ("Pad", "Add", "Slice", "Squeeze", "Unsqueeze", "Transpose", "Reshape"), decompose=dec.col2im,
+          hint="overlap-add as pads + adds (kernel/gcd(kernel, stride) terms per axis), the padding cropped",
+          fixture=("unfold_fold", "unfold_fold_2d")),
         R("no_op", (aten.lift_fresh_copy.default, aten.detach_.default, aten.feature_dropout.default,
                     aten.alpha_dropout.default, aten.feature_alpha_dropout.default), "decomposed",
           decompose=dec.same_tensor, hint="exact no-op in eval mode: removed", fixture=("no_op",)),
@@ -160,24 +196,57 @@ def _records() -> tuple[OpRecord, ...]:
                       aten.ne.Scalar, aten.ne.Tensor), "mask",
           ("GREATER", "GREATER_EQUAL", "LESS", "LESS_EQUAL", "EQUAL", "NOT_EQUAL"),
           ("Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal", "Not"), fixture=("prelu", "where", "elu")),
+        # -- recurrent layers: nn.GRU / nn.LSTM are substituted before tracing (compressor/recurrent) ----------
+        R("recurrent", tuple(SCAN_OPS.values()), "recurrent",
+          ("FULLY_CONNECTED", "ADD", "SUB", "MUL", "LOGISTIC", "TANH", "STRIDED_SLICE", "SLICE", "PACK",
+           "RESHAPE", "CONCATENATION", "GATHER"),
+          ("Gemm", "MatMul", "Add", "Sub", "Mul", "Sigmoid", "Tanh", "Slice", "Gather", "Unsqueeze", "Concat",
+           "Reshape", "Squeeze"),
+          hint="the cell unrolled over the file's chunk of frames", fixture=("gru", "lstm_bidirectional")),
+        # -- substitutions of standard layers (QuantConfig.substitutions; refused with off_hint when off) --
+        R("layer_norm", (aten.layer_norm.default,), "decomposed", ("MEAN", "SUB", "MUL", "ADD", "RSQRT", "MAXIMUM"),
+          ("ReduceMean", "Sub", "Mul", "Add", "Sqrt", "Reciprocal", "Clip"), decompose=dec.layer_norm,
+          substitution="norm", off_hint=f"nn.LayerNorm / F.layer_norm: {_NORM_HINT}",
+          hint="mean, x - m, (x - m) * (x - m), mean, + eps, rsqrt (input floored at one LSB), mul, then the "
+               "affine mul/add", fixture=("layer_norm_btc", "layer_norm_plain")),
+        R("group_norm", (aten.group_norm.default,), "decomposed", ("MEAN", "SUB", "MUL", "ADD", "RSQRT", "MAXIMUM",
+                                                                  "RESHAPE"),
+          ("ReduceMean", "Sub", "Mul", "Add", "Sqrt", "Reciprocal", "Clip", "Reshape"), decompose=dec.group_norm,
+          substitution="norm", off_hint=f"nn.GroupNorm / F.group_norm: {_NORM_HINT}",
+          hint="as layer_norm over each group (1 group: over channels and time, asteroid's gLN; other counts "
+               "reshape to [N, G, C/G, ...] and back), then the per-channel affine mul/add",
+          fixture=("group_norm_global", "group_norm_channels", "group_norm_groups")),
+        R("batch_norm", (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default), "decomposed",
+          ("MUL", "ADD"), ("Mul", "Add"), substitution="batchnorm",
+          off_hint="fold BatchNorm into the preceding conv before quantizing",
+          hint="eval mode: folded into the conv/linear before it when that layer's output has no other user "
+               "(w * g / sqrt(v + eps), (b - m) * g / sqrt(v + eps) + beta), else a per-channel mul + add "
+               "(compressor/quant/substitution.py)",
+          fixture=("batchnorm_conv1d", "batchnorm_conv2d", "batchnorm_alone")),
+        R("attention", (aten.scaled_dot_product_attention.default,), "decomposed",
+          ("MUL", "BATCH_MATMUL", "FULLY_CONNECTED", "TRANSPOSE", "SOFTMAX", "ADD", "SUB", "REDUCE_MIN", "SELECT",
+           "SELECT_V2", "LESS_EQUAL"),
+          ("Mul", "MatMul", "Transpose", "Softmax", "Add", "Sub", "ReduceMin", "Where", "LessOrEqual"),
+          decompose=dec.scaled_dot_product_attention, substitution="attention",
+          off_hint="write attention out (matmul, softmax, matmul)",
+          hint="softmax((q * scale) @ k^T [+ float mask]) @ v, softmax over the last axis; a boolean or causal "
+               "mask sets masked scores 20 below their row's smallest (exp(-20): 0 in float and on the 1/256 "
+               "grid); nn.MultiheadAttention runs through it", fixture=("mha", "mha_seq_first", "sdpa_causal")),
         # -- refused, with what to do instead -----------------------------------------------------
         R("gru", (aten.gru.input,), "refused", hint=f"nn.GRU {_RNN_HINT}"),
         R("lstm", (aten.lstm.input,), "refused", hint=f"nn.LSTM {_RNN_HINT}"),
-        R("layer_norm", (aten.layer_norm.default,), "refused", hint=_NORM_HINT),
-        R("group_norm", (aten.group_norm.default,), "refused", hint=_NORM_HINT),
-        R("batch_norm", (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default), "refused",
-          hint="fold BatchNorm into the preceding conv before quantizing"),
-        R("attention", (aten.scaled_dot_product_attention.default,), "refused",
-          hint="write attention out (matmul, softmax, matmul)"),
-        R("log_softmax", (aten.log_softmax.int, aten._log_softmax.default), "refused",
-          hint="LiteRT splits it into float ops; return softmax (fixed 1/256 grid) or the logits and take the log "
-               "outside the model"),
-        R("conv_transpose2d", (aten.conv_transpose2d.input,), "refused",
-          hint="LiteRT runs TRANSPOSE_CONV in float; use nearest upsampling + Conv2d, or ConvTranspose1d"),
-        R("upsample_linear", (aten.upsample_linear1d.vec, aten.upsample_bilinear2d.vec), "refused",
-          hint="use nearest upsampling (mode='nearest') followed by a convolution"),
-        R("unfold_fold", (aten.im2col.default, aten.col2im.default), "refused",
-          hint="no int8 form yet: write the framing as reshape/slice (frames) and the overlap-add as pad + add"),
+        R("batch_norm_batch_stats", (aten._native_batch_norm_legit.default, aten._native_batch_norm_legit.no_stats),
+          "refused", hint="BatchNorm that normalizes with the batch's statistics (track_running_stats=False) has no "
+                          "int8 form; train it with running statistics or use GroupNorm"),
+        R("upsample_nearest_fractional", (aten.upsample_nearest1d.default, aten.upsample_nearest2d.default),
+          "refused", hint="nearest upsampling has an int8 form only for integer factors (scale_factor=2, or a size "
+                          "that is an integer multiple of the input's for every input length); upsample by an "
+                          "integer factor, then crop or pad"),
+        R("upsample_linear_other", (aten.upsample_linear1d.default, aten.upsample_bilinear2d.default), "refused",
+          hint="linear/bilinear upsampling has an int8 form only with align_corners=False and integer factors "
+               "(scale_factor=2, or a size that is an integer multiple of the input's for every input length); "
+               "upsample by an integer factor, then crop or pad, or use nearest upsampling followed by a "
+               "convolution"),
         R("weight_norm", (aten._weight_norm.default, aten._weight_norm_interface.default), "refused",
           hint="apply nn.utils.parametrizations.weight_norm to a module (quantize() folds it into the weight)"),
         R("complex", (aten.stft.default, aten.stft.center, aten.istft.default, aten.view_as_real.default,
@@ -228,7 +297,7 @@ def _target_ops() -> tuple[TargetOp, ...]:
                           "AveragePool", "GlobalAveragePool", "PRelu", "Max", "Min")),
         *(_o(n, "move") for n in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Concat", "Split",
                                   "Flatten", "Identity", "Expand", "Gather", "MaxPool", "Tile",
-                                  "ReduceMax")),  # a max selects one of its inputs: it keeps their grid
+                                  "ReduceMax", "ReduceMin")),  # a max/min selects one of its inputs: it keeps their grid
         *(_o(n, "fused") for n in ("Relu", "Clip", "Reciprocal")),
         *(_o(n, "mask") for n in ("Greater", "Less", "Equal", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or")),
         _o("QuantizeLinear", "qdq"), _o("DequantizeLinear", "qdq"),
@@ -298,9 +367,21 @@ def mac_ops(target: str) -> dict[str, str]:
     return {op.name: op.macs for op in TARGET_OPS if op.target == target and op.macs}
 
 
-def decomposition_table() -> dict[Any, Any]:
-    """{ATen op: exact rewrite} for torch.export's run_decompositions."""
-    return {target: r.decompose for r in RECORDS if r.decompose is not None for target in r.aten}
+def decomposition_table(substitutions: Iterable[str] | None = None) -> dict[Any, Any]:
+    """{ATen op: exact rewrite} for torch.export's run_decompositions; ``substitutions``: the enabled
+    QuantConfig.substitutions kinds (None: all), the others' ops stay in the graph and are refused."""
+    return {target: r.decompose for r in RECORDS if r.decompose is not None
+            and (r.substitution is None or substitutions is None or r.substitution in substitutions)
+            for target in r.aten}
+
+
+def substitution_refusal(record: OpRecord, enabled: bool) -> str:
+    """Why quantize() refuses an op of a substitution left in the graph: its kind is off, or this form of it has
+    no substitute (e.g. a BatchNorm that uses batch statistics)."""
+    if not enabled:
+        return (f"{record.off_hint} (the {record.substitution!r} substitution is off: add it to "
+                "QuantConfig.substitutions)")
+    return f"this form has no int8 substitute ({record.hint}); {record.off_hint}"
 
 
 def op_name(target: Any) -> str:
@@ -310,4 +391,4 @@ def op_name(target: Any) -> str:
 
 __all__ = ["RECORDS", "SPECTRAL_HINT", "TARGET_OPS", "decomposition_table", "mac_ops", "moving_ops",
            "onnx_ops_with_role", "op_name",
-           "record_for", "target_op"]
+           "record_for", "substitution_refusal", "target_op"]

@@ -29,6 +29,9 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor | tuple], m
     for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):
         args = batch if isinstance(batch, (tuple, list)) else (batch,)
         qmodel(*args)
+        for q in qmodel.activation_quantizers().values():
+            if isinstance(q, ActivationQuantizer):
+                q.end_batch()  # one range per batch over all the tensors a shared quantizer saw
         seen += 1
     if seen == 0:
         raise ConfigError("calibration got no batches")
@@ -36,6 +39,10 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor | tuple], m
         if not isinstance(q, ActivationQuantizer):
             continue
         if not q.observed:
+            if q.observed_samples().numel():  # it saw values, but inf or nan: no int8 grid holds them
+                raise ConfigError(f"quantizer {name} saw infinite or NaN values during calibration (e.g. an "
+                                  "additive -inf attention mask: give F.scaled_dot_product_attention a boolean "
+                                  "mask or is_causal=True instead)")
             raise ConfigError(f"quantizer {name} saw no data during calibration")
         lo, hi = float(q.running_min), float(q.running_max)
         if method == "mse" and not q.symmetric:

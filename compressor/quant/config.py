@@ -8,6 +8,12 @@ from compressor.errors import ConfigError
 from compressor.quant.precision import Precision, PrecisionOverride, overrides_from
 
 CALIBRATION_METHODS = ("minmax", "mse")
+# Standard layers quantize() swaps for exact int8-ready forms (compressor/quant/substitution.py), each switchable:
+# "norm": nn.LayerNorm / nn.GroupNorm (and F.layer_norm / F.group_norm) as mean, sub, mul, mean, add, rsqrt, mul;
+# "batchnorm": eval-mode BatchNorm folded into the conv/linear before it (else a per-channel mul + add);
+# "attention": F.scaled_dot_product_attention (and so nn.MultiheadAttention) as matmul, softmax, matmul;
+# "recurrent": nn.GRU / nn.LSTM modules as an input Linear + the cell scanned over frames (compressor/recurrent).
+SUBSTITUTIONS = ("norm", "batchnorm", "attention", "recurrent")
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,8 @@ class QuantConfig(JsonConfig):
     x86 CPUs without VNNI, whose int8 kernels saturate with full-range
     weights (see DESIGN.md). ``overrides`` change that scheme per layer
     (compressor/quant/precision.py), e.g. a sensitive tensor kept at 16 bits.
+    ``substitutions``: the kinds of standard layers swapped for exact int8-ready forms (``SUBSTITUTIONS``);
+    a layer whose kind is left out is refused, as before substitutions existed.
     """
 
     weight_bits: int = 8
@@ -30,9 +38,18 @@ class QuantConfig(JsonConfig):
     ema_decay: float = 0.9
     fuse_relu: bool = True
     overrides: tuple[PrecisionOverride, ...] = ()
+    substitutions: tuple[str, ...] = SUBSTITUTIONS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "overrides", overrides_from(self.overrides))
+        kinds = self.substitutions
+        if not isinstance(kinds, (list, tuple)) or not all(isinstance(k, str) for k in kinds):
+            raise ConfigError(f"QuantConfig.substitutions must be a list of names from {SUBSTITUTIONS}, "
+                              f"got {self.substitutions!r}")
+        object.__setattr__(self, "substitutions", tuple(dict.fromkeys(self.substitutions)))
+        unknown = [k for k in self.substitutions if k not in SUBSTITUTIONS]
+        if unknown:
+            raise ConfigError(f"QuantConfig.substitutions: unknown kind(s) {unknown}; known: {list(SUBSTITUTIONS)}")
         for name in ("weight_bits", "activation_bits"):
             bits = getattr(self, name)
             if not isinstance(bits, int) or not 2 <= bits <= 8:
@@ -51,4 +68,5 @@ class QuantConfig(JsonConfig):
     def to_dict(self) -> dict:
         data = super().to_dict()
         data["overrides"] = [rule.to_dict() for rule in self.overrides]  # JSON has lists, not tuples
+        data["substitutions"] = list(self.substitutions)
         return data

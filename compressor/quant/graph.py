@@ -18,8 +18,11 @@ from torch import fx, nn
 from compressor.errors import UnsupportedOpError
 from compressor.quant.config import QuantConfig
 from compressor.ops.record import OpRecord
-from compressor.ops.registry import SPECTRAL_HINT, op_name, record_for
+from compressor.ops.registry import SPECTRAL_HINT, op_name, record_for, substitution_refusal
 from compressor.quant.precision import Precision, resolve
+from compressor.recurrent.op import cell_of
+from compressor.recurrent.quantized import (RECURRENCE_ROOT, QuantizedRecurrence, cell_quantizers, scan_arguments,
+                                           scan_outputs)
 from compressor.quant.quantizers import (
     ActivationQuantizer,
     BiasQuantizer,
@@ -114,6 +117,7 @@ class _Planner:
         self.biases: dict[fx.Node, fx.Node] = {}  # op -> bias node
         self.constants: set[fx.Node] = set()  # get_attr nodes used as data
         self.unsupported: list[str] = []
+        self.recurrences: list[fx.Node] = []  # scan ops (compressor/recurrent)
         self.params = dict(gm.named_parameters())
         self.params.update(dict(gm.named_buffers()))
 
@@ -142,6 +146,8 @@ class _Planner:
                 pass  # decided by its consumer
             elif node.op == "call_function":
                 self.plan_call(node)
+        for node in self.recurrences:
+            self.share_states(node)
         if self.unsupported:
             listing = "\n  ".join(self.unsupported)
             raise UnsupportedOpError(
@@ -150,6 +156,12 @@ class _Planner:
 
     def plan_call(self, node: fx.Node) -> None:
         record = record_for(node.target)
+        if record is not None and record.kind == "recurrent":
+            w = scan_arguments(node)["w"]
+            if isinstance(w, fx.Node) and w.op == "get_attr":  # per output row, like a Linear's
+                self.weights[(node, w)] = 0 if self.config.per_channel else None
+            self.recurrences.append(node)
+            return
         refused = record is not None and not record.quantizable
         if refused or _is_complex_tensor(node):
             # refused whatever its dtype: a complex STFT is no float tensor, yet it is a float island
@@ -159,6 +171,9 @@ class _Planner:
             return  # shapes, masks, indices: nothing to quantize
         if record is None:
             self.refuse(node, "no int8 form is known for it")
+            return
+        if record.substitution is not None and record.kind == "decomposed":  # not swapped: its kind is off
+            self.refuse(node, substitution_refusal(record, record.substitution in self.config.substitutions))
             return
         inputs = _tensor_inputs(node)
         if record.positive_input is not None and len(inputs) > record.positive_input:
@@ -210,6 +225,17 @@ class _Planner:
                 return
         self.new_group(node)
 
+    def share_states(self, node: fx.Node) -> None:
+        """A scan's initial state, per-frame outputs and last state on one grid (an LSTM's cell state on another)."""
+        outputs, args = scan_outputs(node), scan_arguments(node)
+        for out_index, initial in ((0, "h0"), (1, "h0"), (2, "c0")):
+            members = [self.group_of[n] for n in (outputs.get(out_index), args.get(initial))
+                       if isinstance(n, fx.Node) and n in self.group_of]
+            if out_index == 1 and 0 in outputs and outputs[0] in self.group_of:
+                members.append(self.group_of[outputs[0]])
+            if len(members) > 1:
+                self.unite(members)
+
     def refuse(self, node: fx.Node, hint: str) -> None:
         self.unsupported.append(f"{op_name(node.target)} ({node.name}) at {source_location(node)} — {hint}")
 
@@ -224,6 +250,11 @@ class _Planner:
         if node.target in (torch.ops.aten.conv_transpose1d.default, torch.ops.aten.conv_transpose2d.input):
             groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
         axis = record.weight_axis if (self.config.per_channel and groups == 1) else None
+        if self.config.per_channel and groups != 1:
+            # transposed conv weights are [C_in, C_out/groups, k...]: no axis holds the output channels, but in a
+            # depthwise one ([C, 1, k...], groups = C) output channel c is input channel c, axis 0; others per tensor
+            shape = self.params[weight.target].shape
+            axis = 0 if (shape[1] == 1 and shape[0] == groups) else None
         self.weights[(node, weight)] = axis
         if isinstance(bias, fx.Node) and bias.op == "get_attr":
             self.biases[node] = bias
@@ -275,6 +306,8 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
             q = graph.call_module(f"{QUANTIZER_ROOT}.{name}", (weight,))
         op.replace_input_with(weight, q)
 
+    cell_quantizer_count = sum(insert_recurrence(gm, planner, node, root) for node in planner.recurrences)
+
     for op, bias in planner.biases.items():
         weight = op.args[1].args[0] if isinstance(op.args[1], fx.Node) else None
         x = op.args[0]
@@ -298,11 +331,61 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
     graph.lint()
     gm.recompile()
     return {
-        "activation_quantizers": len(act_module),
+        "activation_quantizers": len(act_module) + cell_quantizer_count,
         "weight_quantizers": len(weight_module),
         "bias_quantizers": len(planner.biases),
         "constant_quantizers": len(planner.constants),
     }
+
+
+def insert_recurrence(gm: fx.GraphModule, planner: _Planner, node: fx.Node, root: nn.Module) -> int:
+    """Replace one scan op by its simulation module; returns how many cell quantizers it added."""
+    cell = cell_of(node.target)
+    args = scan_arguments(node)
+    outputs = scan_outputs(node)
+    base = f"rnn_{_safe(node.name)}"
+    names: dict[str, str] = {}
+    added = 0
+
+    def grid(index: int, suffix: str) -> str:
+        nonlocal added
+        out = outputs.get(index)
+        if out is not None and out in planner.group_of:
+            return planner.group_of[out].root().name
+        name = f"{base}_{suffix}"  # e.g. an LSTM whose last cell state nobody reads
+        root.add_module(name, ActivationQuantizer(planner.config.activation_bits, planner.config.learn_zero_point,
+                                                  planner.config.ema_decay))
+        added += 1
+        return name
+
+    names["state"] = grid(0, "state")
+    if cell == "lstm":
+        names["cell"] = grid(2, "cell")
+    bits = precision_of(node, planner.config).activation_bits
+    for name, quantizer in cell_quantizers(cell, bits, planner.config.learn_zero_point,
+                                           planner.config.ema_decay).items():
+        root.add_module(f"{base}_{name}", quantizer)
+        names[name] = f"{base}_{name}"
+        added += 1
+    w_node, b_node = args["w"], args["b"]
+    if isinstance(b_node, fx.Node) and b_node.op == "get_attr" and isinstance(w_node, fx.Node):
+        # the hidden Linear's bias: int32 on s_state * s_w, as a Linear's bias on its input's grid
+        w_q = quantizer_at(gm, w_node)
+        bias_name = f"b_{_safe(b_node.target)}_{_safe(node.name)}"
+        root.add_module(bias_name, BiasQuantizer(_module(gm, names["state"]), w_q))
+        with gm.graph.inserting_before(node):
+            q = gm.graph.call_module(f"{QUANTIZER_ROOT}.{bias_name}", (b_node,))
+        node.replace_input_with(b_node, q)
+    if not hasattr(gm, RECURRENCE_ROOT):
+        gm.add_module(RECURRENCE_ROOT, nn.Module())
+    target = f"{RECURRENCE_ROOT}.{_safe(node.name)}"
+    gm.get_submodule(RECURRENCE_ROOT).add_module(_safe(node.name), QuantizedRecurrence(cell, names, root))
+    with gm.graph.inserting_before(node):
+        call = gm.graph.call_module(target, tuple(node.args))
+    call.meta = dict(node.meta)
+    node.replace_all_uses_with(call)
+    gm.graph.erase_node(node)
+    return added
 
 
 def module_path(node: fx.Node) -> str:

@@ -11,8 +11,9 @@ from torch import nn
 from compressor.errors import UnsupportedOpError
 from compressor.module_mode import set_training
 from compressor.ops.registry import decomposition_table
-from compressor.quant.config import QuantConfig
+from compressor.quant.config import SUBSTITUTIONS, QuantConfig
 from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, insert_quantizers
+from compressor.quant.substitution import fold_batchnorm, log_decompositions
 from compressor.quant.quantizers import (
     ActivationQuantizer,
     BiasQuantizer,
@@ -20,6 +21,7 @@ from compressor.quant.quantizers import (
     WeightQuantizer,
 )
 from compressor.quant.trace_errors import explain_export_failure
+from compressor.recurrent.substitute import substitute_recurrent
 
 log = logging.getLogger("compressor.quant")
 
@@ -135,11 +137,15 @@ def fold_weight_norm(model: nn.Module) -> nn.Module:
 
 
 def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
-                  dynamic_shapes: Any = "auto") -> torch.export.ExportedProgram:
-    """torch.export the model in eval mode (every axis of every input may vary), int8 forms applied."""
+                  dynamic_shapes: Any = "auto", substitutions: Sequence[str] | None = None
+                  ) -> torch.export.ExportedProgram:
+    """torch.export the model in eval mode (every axis of every input may vary), int8 forms applied
+    (``substitutions``: the QuantConfig.substitutions kinds to apply, None: all)."""
     if isinstance(model, QuantizedModel):
         raise UnsupportedOpError("the model is already quantized")
     model = fold_weight_norm(model)
+    if substitutions is None or "recurrent" in substitutions:
+        model = substitute_recurrent(model)
     was_training = model.training
     set_training(model, False)  # an exported GraphModule: already traced in eval mode
     if dynamic_shapes == "auto":
@@ -150,16 +156,21 @@ def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
         raise explain_export_failure(model, exc, example_inputs) from exc
     finally:
         set_training(model, was_training)
-    table = decomposition_table()
+    table = decomposition_table(substitutions)
+    log_decompositions(program.graph, SUBSTITUTIONS if substitutions is None else substitutions)
     if any(node.target in table for node in program.graph.nodes):
         # only then: a retrace renames nodes, and quantizer names of zoo checkpoints derive from them
         program = program.run_decompositions(table)
     return program
 
 
-def graph_of(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
-    """The program as the GraphModule quantizers go into."""
+def graph_of(program: torch.export.ExportedProgram, substitutions: Sequence[str] | None = None
+             ) -> torch.fx.GraphModule:
+    """The program as the GraphModule quantizers go into (eval BatchNorms folded unless ``substitutions``
+    leaves "batchnorm" out)."""
     gm = program.module()
+    if substitutions is None or "batchnorm" in substitutions:
+        fold_batchnorm(gm)
     # Drop computations no output depends on (e.g. a last residual branch),
     # so they get no quantizers and cost nothing; keep the input guards.
     gm.graph.eliminate_dead_code(
@@ -192,7 +203,7 @@ def quantize(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tens
     """
     config = config or QuantConfig()
     inputs = [example_input] if isinstance(example_input, torch.Tensor) else list(example_input)
-    program = trace_program(model, inputs, dynamic_shapes)
+    program = trace_program(model, inputs, dynamic_shapes, config.substitutions)
     return quantize_program(program, [list(t.shape) for t in inputs], config)
 
 
@@ -206,7 +217,7 @@ def quantize_program(program: torch.export.ExportedProgram | bytes, example_shap
         program = torch.export.load(io.BytesIO(program))
     else:
         serialized = serialize_program(program)
-    gm = graph_of(program)
+    gm = graph_of(program, config.substitutions)
     summary = insert_quantizers(gm, config)
     log.info("quantize(): %s", summary)
     return QuantizedModel(gm, config, example_shapes, summary, traced_program=serialized)

@@ -78,6 +78,8 @@ class ActivationQuantizer(_Quantizer):
         self.register_buffer("running_min", torch.tensor(float("inf")))
         self.register_buffer("running_max", torch.tensor(float("-inf")))
         self._samples: list[torch.Tensor] = []
+        self._batch_range: tuple[torch.Tensor, torch.Tensor] | None = None  # union of this batch's calls
+        self._batch_start: tuple[torch.Tensor, torch.Tensor] | None = None  # the EMA before this batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "observe":
@@ -103,14 +105,24 @@ class ActivationQuantizer(_Quantizer):
 
     @torch.no_grad()
     def _observe(self, x: torch.Tensor) -> None:
+        # A quantizer shared by several tensors (concat inputs, where's branches, a masked attention score and
+        # its fill) is called once per tensor: within one batch (until ``end_batch``) their range is the union,
+        # one EMA step per batch (an EMA step per call would pull the range toward whichever tensor came last,
+        # e.g. leave an attention's positive scores outside their own grid).
         lo, hi = x.min().float(), x.max().float()
-        if torch.isinf(self.running_min):
+        if self._batch_range is None:  # a batch begins: the EMA state it starts from
+            self._batch_start = None if torch.isinf(self.running_min) else (self.running_min.clone(),
+                                                                            self.running_max.clone())
+        else:
+            lo, hi = torch.minimum(lo, self._batch_range[0]), torch.maximum(hi, self._batch_range[1])
+        self._batch_range = (lo, hi)
+        if self._batch_start is None:
             self.running_min.copy_(lo)
             self.running_max.copy_(hi)
         else:
             d = self.ema_decay
-            self.running_min.mul_(d).add_((1 - d) * lo)
-            self.running_max.mul_(d).add_((1 - d) * hi)
+            self.running_min.copy_(d * self._batch_start[0] + (1 - d) * lo)
+            self.running_max.copy_(d * self._batch_start[1] + (1 - d) * hi)
         flat = x.reshape(-1).float()
         if flat.numel() > _RESERVOIR // 8:
             idx = torch.randint(0, flat.numel(), (_RESERVOIR // 8,), generator=_sample_generator())
@@ -118,6 +130,11 @@ class ActivationQuantizer(_Quantizer):
         self._samples.append(flat.cpu())
         if sum(s.numel() for s in self._samples) > _RESERVOIR:
             self._samples = [torch.cat(self._samples)[-_RESERVOIR:]]
+
+    def end_batch(self) -> None:
+        """Close this batch: the next observation starts the next EMA step (running_min/max already hold this
+        batch's, from the union of every call since the last end_batch)."""
+        self._batch_range = None
 
     @property
     def observed(self) -> bool:
