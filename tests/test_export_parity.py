@@ -21,6 +21,13 @@ from compressor.ops.registry import RECORDS, record_for, target_op
 
 TOLERANCE_LSB = 1
 GRID = sorted({name for record in RECORDS if record.quantizable for name in record.fixture})
+# 7-bit weights exist for onnxruntime's int8 MAC kernels (DESIGN.md: they saturate with full-range weights on
+# x86 without VNNI). Fixtures of ops with a MAC formula run both widths by default; for the others the 7-bit
+# file differs only in its 1x1 input conv, so that half of the grid runs with `pytest -m slow`.
+_MAC_FIXTURES = {name for record in RECORDS if record.quantizable and record.macs for name in record.fixture}
+CASES = [pytest.param(name, target, bits, marks=() if bits == 8 or name in _MAC_FIXTURES else pytest.mark.slow,
+                      id=f"{name}-{target}-{bits}")
+         for name in GRID for target in ("onnx", "tflite") for bits in (8, 7)]
 
 
 def _export(tmp_path, name, target, weight_bits):
@@ -58,9 +65,7 @@ def _undeclared_ops(qmodel, result, target: str) -> set[str]:
     return compute - declared - {"QUANTIZE", "DEQUANTIZE"}
 
 
-@pytest.mark.parametrize("weight_bits", [8, 7])
-@pytest.mark.parametrize("target", ["onnx", "tflite"])
-@pytest.mark.parametrize("name", GRID)
+@pytest.mark.parametrize("name,target,weight_bits", CASES)
 def test_op_parity(tmp_path, name, target, weight_bits):
     qmodel, path, result = _export(tmp_path, name, target, weight_bits)
     assert result.ops["float_op_count"] == 0, result.ops

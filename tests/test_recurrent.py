@@ -91,3 +91,14 @@ def test_a_recurrent_checkpoint_reloads_identically(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.model(x), qm(x))
     assert isinstance(arch, ArchSpec)
+
+
+def test_macs_count_the_hidden_linear_once_per_frame():
+    from compressor.ops.macs import count_macs, mac_rows
+
+    model, qm = _quantized_enhancer()
+    x = torch.randn(1, 1600)
+    rows = {row["op"]: row for row in mac_rows(qm.graph_module, x)}
+    frames, hidden = 1600 // 8, 16
+    assert rows["recurrent"]["macs"] == frames * 3 * hidden * hidden
+    assert count_macs(model, x) == count_macs(qm, x)  # the float model counts the same layers

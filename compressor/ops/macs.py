@@ -16,6 +16,8 @@ from torch import fx, nn
 from compressor.module_mode import set_training
 from compressor.ops.record import macs
 from compressor.ops.registry import record_for
+from compressor.recurrent.quantized import QuantizedRecurrence, scan_arguments
+from compressor.recurrent.substitute import substitute_recurrent
 
 _PASS_THROUGH_HOPS = 6  # data-movement nodes to look through for the quantizer feeding a layer
 
@@ -59,7 +61,13 @@ class _MacRecorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
+        if n.op == "call_module" and isinstance(self.module.get_submodule(str(n.target)), QuantizedRecurrence):
+            self.rows.append(self.recurrent_row(n))
+            return result
         if n.op != "call_function":
+            return result
+        if record_for(n.target) is not None and record_for(n.target).macs == "recurrent":
+            self.rows.append(self.recurrent_row(n))
             return result
         args = [self.env[a] if isinstance(a, fx.Node) else a for a in n.args]
         formula = _formula(n, args)
@@ -74,6 +82,17 @@ class _MacRecorder(fx.Interpreter):
         return result
 
 
+    def recurrent_row(self, n: fx.Node) -> dict[str, Any]:
+        """A scan op (or its simulation module): the hidden Linear once per frame."""
+        args = scan_arguments(n) if n.op == "call_function" else dict(
+            zip(("gi", "h0", "c0", "w") if self.module.get_submodule(str(n.target)).cell == "lstm"
+                else ("gi", "h0", "w"), n.args))
+        gi, w = self.env[args["gi"]], self.env[args["w"]]
+        count = macs("recurrent", tuple(gi.shape), tuple(w.shape), ())
+        return mac_row(n.name, "recurrent", count, _feeding_bits(self.module, args["w"]),
+                       _feeding_bits(self.module, args["gi"]))
+
+
 @torch.no_grad()
 def mac_rows(graph_module: fx.GraphModule, *example: torch.Tensor) -> list[dict[str, Any]]:
     """One row per MAC layer of one run of a traced graph (a QuantizedModel's or torch.export's)."""
@@ -86,8 +105,8 @@ def traced(model: nn.Module, *example: torch.Tensor) -> fx.GraphModule:
     """A float model as torch.export sees it, without computations no output uses (as in the files)."""
     was_training = model.training
     set_training(model, False)
-    try:
-        graph_module = torch.export.export(model, tuple(example)).module()
+    try:  # nn.GRU / nn.LSTM as quantize() sees them: their input Linear and hidden Linear get counted
+        graph_module = torch.export.export(substitute_recurrent(model), tuple(example)).module()
     finally:
         set_training(model, was_training)
     graph_module.graph.eliminate_dead_code()

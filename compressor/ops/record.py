@@ -51,7 +51,7 @@ ONNX_ROLES = (
     "meta",     # shapes and constants, no tensor data
 )
 
-MAC_FORMULAS = ("conv", "conv_transpose", "linear", "matmul")
+MAC_FORMULAS = ("conv", "conv_transpose", "linear", "matmul", "recurrent")
 
 
 def macs(formula: str, x_shape: Sequence[int], w_shape: Sequence[int], out_shape: Sequence[int]) -> int:
@@ -64,6 +64,8 @@ def macs(formula: str, x_shape: Sequence[int], w_shape: Sequence[int], out_shape
         return math.prod(out_shape) * int(w_shape[-1])
     if formula == "matmul":  # (..., M, K) x (..., K, N)
         return math.prod(out_shape) * int(x_shape[-1])
+    if formula == "recurrent":  # the hidden Linear [G*H, H] once per frame of x [B, T, G*H]
+        return math.prod(x_shape[:-1]) * int(w_shape[0]) * int(w_shape[1])
     raise ValueError(f"unknown MAC formula {formula!r}; known: {MAC_FORMULAS}")
 
 

@@ -202,7 +202,8 @@ def _records() -> tuple[OpRecord, ...]:
            "RESHAPE", "CONCATENATION", "GATHER"),
           ("Gemm", "MatMul", "Add", "Sub", "Mul", "Sigmoid", "Tanh", "Slice", "Gather", "Unsqueeze", "Concat",
            "Reshape", "Squeeze"),
-          hint="the cell unrolled over the file's chunk of frames", fixture=("gru", "lstm_bidirectional")),
+          macs="recurrent", hint="the cell unrolled over the file's chunk of frames",
+          fixture=("gru", "lstm_bidirectional")),
         # -- substitutions of standard layers (QuantConfig.substitutions; refused with off_hint when off) --
         R("layer_norm", (aten.layer_norm.default,), "decomposed", ("MEAN", "SUB", "MUL", "ADD", "RSQRT", "MAXIMUM"),
           ("ReduceMean", "Sub", "Mul", "Add", "Sqrt", "Reciprocal", "Clip"), decompose=dec.layer_norm,
