@@ -198,6 +198,70 @@ def int32_biases(g: _Graph) -> int:
     return rewritten
 
 
+def tanh_as_sigmoid(g: _Graph) -> int:
+    """DQ(x, s) -> Tanh -> Q(1/128, 0)  =>  DQ(x, 2s) -> Sigmoid -> Q(1/256, -128): the same codes.
+
+    onnxruntime has no integer Tanh (it runs it in float between DQ and Q);
+    it fuses the sigmoid form into QLinearSigmoid. Reading the codes of x as
+    2x and tanh(x) = 2 sigmoid(2x) - 1 give round(256 sigmoid(2x)) - 128 =
+    round(128 tanh(x)): consumers keep dequantizing with (1/128, 0).
+    """
+    rewritten = 0
+    producers, consumers = g.producers(), g.consumers()
+    for node in g.graph.node:
+        if node.op_type != "Tanh":
+            continue
+        dq, users = producers.get(node.input[0]), consumers.get(node.output[0], [])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(users) != 1 or users[0].op_type != "QuantizeLinear":
+            continue
+        q = users[0]
+        in_scale, out_scale, out_zp = g.const(dq.input[1]), g.const(q.input[1]), g.const(q.input[2])
+        if in_scale is None or out_scale is None or out_zp is None or in_scale.size != 1 or out_zp.dtype != np.int8:
+            continue
+        if not (np.isclose(float(out_scale), 1 / 128) and int(out_zp) == 0):
+            continue
+        doubled = helper.make_node("DequantizeLinear", [dq.input[0], g.add_init((2 * in_scale).astype(in_scale.dtype),
+                                                                                  "tanh_in_scale"), *dq.input[2:]],
+                                   [f"{node.output[0]}_doubled_input"], name=f"{node.name}_dq2")
+        g.graph.node.append(doubled)
+        node.op_type = "Sigmoid"
+        node.input[0] = doubled.output[0]
+        q.input[1] = g.add_init(np.asarray(1 / 256, dtype=out_scale.dtype), "sigmoid_scale")
+        q.input[2] = g.add_init(np.asarray(-128, dtype=np.int8), "sigmoid_zp")
+        rewritten += 1
+    if rewritten:
+        _topological_sort(g.graph)
+        g.prune()
+    return rewritten
+
+
+def _topological_sort(graph: onnx.GraphProto) -> None:
+    produced_by = {o: n for n in graph.node for o in n.output}
+    done: set[int] = set()
+    order: list[onnx.NodeProto] = []
+
+    def visit(node: onnx.NodeProto) -> None:
+        stack = [(node, False)]
+        while stack:
+            current, expanded = stack.pop()
+            if id(current) in done:
+                continue
+            if expanded:
+                done.add(id(current))
+                order.append(current)
+                continue
+            stack.append((current, True))
+            for i in current.input:
+                producer = produced_by.get(i)
+                if producer is not None and id(producer) not in done:
+                    stack.append((producer, False))
+
+    for node in list(graph.node):
+        visit(node)
+    del graph.node[:]
+    graph.node.extend(order)
+
+
 def activations_to_uint8(g: _Graph) -> int:
     """int8 activations -> uint8 on the same grid (zero-point + 128), input and output included."""
     moved = 0
@@ -230,6 +294,7 @@ def build_onnx(lowered: LoweredModel, example: torch.Tensor, metadata: DeployMet
     stats = {
         "weights_folded_to_int8": fold_constant_quantization(g),
         "biases_to_int32": int32_biases(g),
+        "tanh_as_sigmoid": tanh_as_sigmoid(g),
         "activations_to_uint8": activations_to_uint8(g) if uint8_activations else 0,
     }
     # value_info still holds the pre-rewrite (int8) types; ORT re-infers what it needs
