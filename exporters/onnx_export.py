@@ -198,6 +198,9 @@ def int32_biases(g: _Graph) -> int:
     return rewritten
 
 
+_MOVES = ("Slice", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Gather")  # one output each
+
+
 def tanh_as_sigmoid(g: _Graph) -> int:
     """DQ(x, s) -> Tanh -> Q(1/128, 0)  =>  DQ(x, 2s) -> Sigmoid -> Q(1/256, -128): the same codes.
 
@@ -208,10 +211,16 @@ def tanh_as_sigmoid(g: _Graph) -> int:
     """
     rewritten = 0
     producers, consumers = g.producers(), g.consumers()
-    for node in g.graph.node:
+    for node in list(g.graph.node):
         if node.op_type != "Tanh":
             continue
-        dq, users = producers.get(node.input[0]), consumers.get(node.output[0], [])
+        # the DequantizeLinear feeding it, possibly through data movement (an LSTM's gate slice)
+        chain: list[onnx.NodeProto] = []
+        dq = producers.get(node.input[0])
+        while dq is not None and dq.op_type in _MOVES and len(consumers.get(dq.output[0], [])) == 1:
+            chain.append(dq)
+            dq = producers.get(dq.input[0])
+        users = consumers.get(node.output[0], [])
         if dq is None or dq.op_type != "DequantizeLinear" or len(users) != 1 or users[0].op_type != "QuantizeLinear":
             continue
         q = users[0]
@@ -220,12 +229,16 @@ def tanh_as_sigmoid(g: _Graph) -> int:
             continue
         if not (np.isclose(float(out_scale), 1 / 128) and int(out_zp) == 0):
             continue
-        doubled = helper.make_node("DequantizeLinear", [dq.input[0], g.add_init((2 * in_scale).astype(in_scale.dtype),
-                                                                                  "tanh_in_scale"), *dq.input[2:]],
-                                   [f"{node.output[0]}_doubled_input"], name=f"{node.name}_dq2")
-        g.graph.node.append(doubled)
+        # a copy of the DequantizeLinear (others may read the original) that reads the codes as 2x
+        value = f"{node.output[0]}_doubled_input"
+        g.graph.node.append(helper.make_node(
+            "DequantizeLinear", [dq.input[0], g.add_init((2 * in_scale).astype(in_scale.dtype), "tanh_in_scale"),
+                                 *dq.input[2:]], [value], name=f"{node.name}_dq2"))
+        if chain:  # the moves now read the doubled values; they feed only this tanh
+            chain[-1].input[0] = value
+        else:
+            node.input[0] = value
         node.op_type = "Sigmoid"
-        node.input[0] = doubled.output[0]
         q.input[1] = g.add_init(np.asarray(1 / 256, dtype=out_scale.dtype), "sigmoid_scale")
         q.input[2] = g.add_init(np.asarray(-128, dtype=np.int8), "sigmoid_zp")
         rewritten += 1
