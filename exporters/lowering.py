@@ -195,6 +195,7 @@ class _Lowerer:
                         h, c = lstm_step(ops, gi_t, h, c, w, b, hidden)
                     outputs[t] = h
                 y = self.graph.call_function(aten.stack.default, (outputs, 1))
+                y.meta["val"] = torch.empty(module.batch, module.frames, hidden, device="meta")
             results = {0: y, 1: h, 2: c}
             for user in list(node.users):
                 user.replace_all_uses_with(results[int(user.args[1])])

@@ -102,3 +102,14 @@ def test_macs_count_the_hidden_linear_once_per_frame():
     frames, hidden = 1600 // 8, 16
     assert rows["recurrent"]["macs"] == frames * 3 * hidden * hidden
     assert count_macs(model, x) == count_macs(qm, x)  # the float model counts the same layers
+
+
+def test_a_linear_after_the_recurrence_stays_integer_in_onnx(tmp_path):
+    """The unrolled outputs feed a Linear on [batch, frames, features]: it must still become one QGemm."""
+    from exporters import ExportConfig, export
+
+    _, qm = _quantized_enhancer()
+    cfg = ExportConfig(target="onnx", chunk_seconds=0.02, verify_chunks=2)
+    calibration = [(torch.randn(1, 1600) * 0.1).numpy()]
+    result = export(qm, "onnx", tmp_path / "m.onnx", config=cfg, calibration=calibration)
+    assert result.ops["float_op_count"] == 0 and result.verification.passed
