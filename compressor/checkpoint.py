@@ -71,10 +71,14 @@ class ArchSpec:
     def from_program(cls, model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> "ArchSpec":
         """Serialize a model that is not in the zoo as a torch.export program."""
         from compressor.quant.model import _default_dynamic_shapes
+        from compressor.quant.trace_errors import explain_export_failure
 
         model.eval()
-        program = torch.export.export(model, example_inputs,
-                                      dynamic_shapes=_default_dynamic_shapes(example_inputs))
+        try:
+            program = torch.export.export(model, example_inputs,
+                                          dynamic_shapes=_default_dynamic_shapes(example_inputs))
+        except Exception as exc:  # torch raises many types here
+            raise explain_export_failure(model, exc, example_inputs) from exc
         buf = io.BytesIO()
         torch.export.save(program, buf)
         return cls(kind="pt2", program=buf.getvalue())
@@ -85,9 +89,14 @@ class ArchSpec:
     def for_quantized(self, qmodel: QuantizedModel) -> "ArchSpec":
         """What a quantized checkpoint of ``qmodel`` stores: a zoo model is rebuilt from its code, anything
         else from the exact program its quantizers were planned on."""
-        if self.kind == "zoo" or qmodel.traced_program is None:
+        if self.kind == "zoo":
             return self
-        return ArchSpec(kind="traced", program=qmodel.traced_program)
+        if qmodel.traced_program is not None:
+            return ArchSpec(kind="traced", program=qmodel.traced_program)
+        if self.program is None:
+            raise CheckpointError("this quantized model holds no traced program to save; quantize it with "
+                                  "compressor.quantize()")
+        return self
 
 
 @dataclass
@@ -246,11 +255,16 @@ def load_model(path: str | Path, *, model_factory: str | None = None, trust_pick
     return LoadedModel(qmodel, arch, path, recipe=data.get("recipe"), info=data.get("info", {}))
 
 
-def arch_of(loaded: LoadedModel, example_inputs: tuple[torch.Tensor, ...]) -> ArchSpec:
-    """The architecture to save with a derived model (exports foreign ones to a program)."""
+def arch_of(loaded: LoadedModel) -> ArchSpec:
+    """The architecture to save with a model derived from ``loaded``.
+
+    A model that is not in the zoo is saved as the program quantize() traces
+    (``ArchSpec.for_quantized``), so nothing is exported here: the placeholder
+    gets its program when the quantized checkpoint is written.
+    """
     if loaded.arch is not None:
         return loaded.arch
-    return ArchSpec.from_program(loaded.model, example_inputs)
+    return ArchSpec(kind="traced")
 
 
 __all__ = [

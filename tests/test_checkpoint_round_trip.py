@@ -109,7 +109,7 @@ def test_api_quantized_user_model_reloads_identically(tmp_path):
     calibrate(qm, [x, 0.5 * torch.randn_like(x)])
     from compressor.checkpoint import arch_of, LoadedModel
 
-    arch = arch_of(LoadedModel(model, None, tmp_path / "user"), (x,))
+    arch = arch_of(LoadedModel(model, None, tmp_path / "user"))
     path = save_quantized(tmp_path / "q.pt", qm, arch, {"name": "ptq"})
     assert torch.load(path, weights_only=True)["arch"]["kind"] == "traced"
     loaded = load_model(path)

@@ -83,7 +83,7 @@ def test_simulation_runs_lengths_the_trace_never_saw():
 
 def test_a_recurrent_checkpoint_reloads_identically(tmp_path):
     model, qm = _quantized_enhancer()
-    arch = arch_of(LoadedModel(model, None, tmp_path / "m"), (torch.zeros(2, 800),))
+    arch = arch_of(LoadedModel(model, None, tmp_path / "m"))
     path = save_quantized(tmp_path / "q.pt", qm, arch, {"name": "ptq"})
     loaded = load_model(path)
     assert sorted(loaded.model.quantizers()) == sorted(qm.quantizers())

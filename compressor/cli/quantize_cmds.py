@@ -12,7 +12,6 @@ from compressor.cli.common import (
 )
 from compressor.errors import RecipeError
 from compressor.recipes import RecipeContext, get_recipe, list_recipes
-from compressor.recipes.base import example_input
 from compressor.training import distributed
 
 
@@ -30,7 +29,7 @@ def _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_
         raise RecipeError(f"{model} is already quantized (recipe {loaded.recipe and loaded.recipe.get('name')}); "
                           "give the float model")
     train_set, valid_set = training_sets(data, valid_data, segment_seconds, seed, strict_audio)
-    arch = arch_of(loaded, (example_input(train_set),))
+    arch = arch_of(loaded)
     run_dir = run_dir or out.with_suffix(".run")
     ctx = RecipeContext(loaded.model, train_set, valid_set, run_dir, resume=resume,
                         progress=distributed.is_main_process())
