@@ -172,3 +172,23 @@ def test_conv_tasnet_every_tensor_quantized(tiny_tasnet):
     with torch.no_grad():
         codes = qm(torch.randn(1, 1000) * 0.1) / scale + zp
     assert torch.allclose(codes, codes.round(), atol=1e-3)
+
+
+def test_a_conv_weight_held_as_a_plain_tensor_attribute_is_quantized():
+    """asteroid's filterbanks keep their filters as a tensor attribute, neither parameter nor buffer."""
+
+    class FixedFilterbank(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self._filters = torch.randn(8, 1, 16)
+
+        def forward(self, x):
+            return torch.nn.functional.conv1d(x.unsqueeze(1), self._filters, stride=8)
+
+    model = FixedFilterbank()
+    x = torch.randn(2, 800)
+    qm = quantize(model, x)
+    calibrate(qm, [x])
+    assert any(isinstance(q, WeightQuantizer) for q in qm.quantizers().values())
+    with torch.no_grad():
+        assert torch.allclose(qm(x), model(x), atol=0.1 * float(model(x).abs().max()))

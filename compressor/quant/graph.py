@@ -118,8 +118,6 @@ class _Planner:
         self.constants: set[fx.Node] = set()  # get_attr nodes used as data
         self.unsupported: list[str] = []
         self.recurrences: list[fx.Node] = []  # scan ops (compressor/recurrent)
-        self.params = dict(gm.named_parameters())
-        self.params.update(dict(gm.named_buffers()))
 
     def new_group(self, site: fx.Node, fixed: str | None = None) -> _Group:
         group = _Group(name=f"act_{_safe(site.name)}", fixed=fixed, sites=[site])
@@ -253,7 +251,7 @@ class _Planner:
         if self.config.per_channel and groups != 1:
             # transposed conv weights are [C_in, C_out/groups, k...]: no axis holds the output channels, but in a
             # depthwise one ([C, 1, k...], groups = C) output channel c is input channel c, axis 0; others per tensor
-            shape = self.params[weight.target].shape
+            shape = get_attr_value(self.gm, weight.target).shape
             axis = 0 if (shape[1] == 1 and shape[0] == groups) else None
         self.weights[(node, weight)] = axis
         if isinstance(bias, fx.Node) and bias.op == "get_attr":
@@ -300,7 +298,7 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
         if name not in weight_module:
             precision = precision_of(op, config)
             axis = axis if precision.per_channel else None
-            root.add_module(name, WeightQuantizer(planner.params[weight.target], precision.weight_bits, axis))
+            root.add_module(name, WeightQuantizer(get_attr_value(gm, weight.target), precision.weight_bits, axis))
             weight_module[name] = name
         with graph.inserting_before(op):
             q = graph.call_module(f"{QUANTIZER_ROOT}.{name}", (weight,))
