@@ -197,3 +197,52 @@ def test_compiled_kernels_are_in_use():
     if os.environ.get("COMPRESS_NO_COMPILE", "") not in ("", "0"):
         pytest.skip("compiled kernels switched off by COMPRESS_NO_COMPILE")
     assert fake_quant._kernels().compiled is True
+
+
+class _GlobalNorm(torch.nn.Module):
+    """gLN's statistics: one mean and one rsqrt per item, then the normalized signal."""
+
+    def forward(self, x):
+        mean = x.mean(dim=(1, 2), keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=(1, 2), keepdim=True)
+        return (x - mean) * torch.rsqrt(var + 1e-8)
+
+
+def _calibrated(batches, method="mse"):
+    from compressor.quant import QuantConfig, calibrate, quantize
+
+    qmodel = quantize(_GlobalNorm(), (batches[0],), QuantConfig(calibration=method))
+    calibrate(qmodel, batches, method)
+    return qmodel
+
+
+def test_per_item_statistics_get_the_extremes_seen_widened():
+    # 8 batches of 2 items at one level, then one batch 10x quieter: its rsqrt is 10x larger. An EMA of batch
+    # maxima (or an MSE fit on 18 values) would clip it; a statistic's range is the extremes seen x 1.5.
+    from compressor.quant.graph import statistic_quantizers
+    from compressor.quant.quantizers import STATISTIC_MARGIN
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 4, 256, generator=gen) for _ in range(8)] + [0.1 * torch.randn(2, 4, 256, generator=gen)]
+    qmodel = _calibrated(batches)
+    rsqrt = [q for name, q in qmodel.activation_quantizers().items() if "rsqrt" in name]
+    assert len(rsqrt) == 1
+    largest = max(float(torch.rsqrt(((b - b.mean(dim=(1, 2), keepdim=True)) ** 2).mean(dim=(1, 2)) + 1e-8).max())
+                  for b in batches)
+    scale, zero_point = rsqrt[0].qparams()
+    assert (rsqrt[0].qmax - zero_point) * scale == pytest.approx(STATISTIC_MARGIN * largest, rel=1e-5)
+    qmodel.set_mode("observe")
+    qmodel(batches[0])
+    few = {name for name, q in qmodel.activation_quantizers().items() if q.few_values_per_item}
+    statistics = statistic_quantizers(qmodel.graph_module) & few
+    assert statistics and all(n.split("_")[1] in ("mean", "add", "rsqrt") for n in statistics)  # not the signals
+    assert "act_x" not in statistics  # the input: 1024 values per item, and no reduction's
+
+
+def test_calibration_is_reproducible_whatever_ran_before():
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(2, 4, 20000, generator=gen) for _ in range(3)]  # more values than the sample reservoir
+    first = _calibrated(batches).state_dict()
+    _calibrated([b * 3 for b in batches])  # draws from the calibration samples' generator
+    again = _calibrated(batches).state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)

@@ -89,7 +89,7 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
         loaded = load(path, model_factory, trust_pickle)
         model = inference_model(loaded)  # e.g. FQSE: splitter -> int8 graph -> combiner
         if loaded.quantized:
-            wide = " + 16-bit overrides" if loaded.model.config.overrides else ""
+            wide = " + 16-bit overrides" if any(r.activation_bits == 16 for r in loaded.model.config.overrides) else ""
             name = f"{path.stem} (simulated int{loaded.model.config.activation_bits}{wide})"
             if clipping:  # hooks on the quantizers during the simulated pass: the data runs once
                 with ClippingMonitor(model) as monitor:

@@ -19,6 +19,7 @@ from compressor.errors import ConfigError
 from compressor.fqse.io_codec import DEFAULT_GAIN, SPLIT_SCALE, SPLIT_ZERO_POINT
 from compressor.quant import QuantizedModel
 from compressor.quant.graph import QUANTIZER_ROOT
+from compressor.quant.precision import PrecisionOverride
 from compressor.ops.registry import record_for
 from compressor.quant.quantizers import ActivationQuantizer
 
@@ -45,6 +46,15 @@ class IOConfig(JsonConfig):
     @property
     def rqb(self) -> bool:
         return self.output == "rqb"
+
+    def overrides(self) -> tuple[PrecisionOverride, ...]:
+        """The precision rules these I/O settings fix: with the splitter, the input's split grid."""
+        return (split_input_rule(),) if self.splitter else ()
+
+
+def split_input_rule() -> PrecisionOverride:
+    """The model input on the split grid (scale 1/128, zero-point 0), fixed: not calibrated, not learned."""
+    return PrecisionOverride(op="input", scale=SPLIT_SCALE, zero_point=SPLIT_ZERO_POINT)
 
 
 def _quantizer_of(node: fx.Node) -> str | None:
@@ -91,10 +101,16 @@ def io_quantizers(qmodel: QuantizedModel) -> tuple[list[str], list[str]]:
 def apply_io(qmodel: QuantizedModel, io: IOConfig) -> None:
     """Set the input/output quantizers for ``io``; call after calibration and after loading.
 
-    With the splitter the input quantizer is pinned to the split grid
-    (scale 1/128, zero-point 0) and frozen: the two channels are already
-    exact int8 codes, and a learned step would no longer match them.
+    With the splitter the input quantizer is on the split grid (scale 1/128,
+    zero-point 0) and frozen: the two channels are already exact int8 codes,
+    and a learned step would no longer match them. That grid is a precision
+    rule (``split_input_rule``) in the recipe's QuantConfig, so quantize()
+    pins it and calibration leaves it; a checkpoint saved before the rule
+    existed gets it here, through the same mechanism. The 16-bit settings
+    switch quantizers to float mode, which calibration undoes: hence "after".
     """
+    if io.splitter:
+        qmodel.add_overrides(io.overrides())  # nothing to add when quantize() had the rule
     inputs, outputs = io_quantizers(qmodel)
     quantizers = qmodel.quantizers()
     for name in inputs:
@@ -102,15 +118,14 @@ def apply_io(qmodel: QuantizedModel, io: IOConfig) -> None:
         if io.input == "split":
             if not isinstance(q, ActivationQuantizer):
                 raise ConfigError(f"input quantizer {name} is not an activation quantizer")
-            q.set_range(SPLIT_SCALE * -128, SPLIT_SCALE * 127)
-            if q.qparams() != (SPLIT_SCALE, SPLIT_ZERO_POINT):
-                raise ConfigError(f"input quantizer {name} cannot hold the split grid: {q.qparams()}")
-            q.scale.requires_grad_(False)
-            q.zero_point.requires_grad_(False)
+            if (q.qmin, q.qmax) != (-128, 127) or q.qparams() != (SPLIT_SCALE, SPLIT_ZERO_POINT) \
+                    or q.scale.requires_grad or q.zero_point.requires_grad:
+                raise ConfigError(f"input quantizer {name} cannot hold the split grid: {q.bits} bits, "
+                                  f"qparams {q.qparams()}, learned: {q.scale.requires_grad}")
         elif io.input == "16bit":
             q.set_mode("float")
     if io.output == "16bit":
         quantizers[outputs[0]].set_mode("float")
 
 
-__all__ = ["INPUT_PRECISIONS", "IOConfig", "OUTPUT_PRECISIONS", "apply_io", "io_quantizers"]
+__all__ = ["INPUT_PRECISIONS", "IOConfig", "OUTPUT_PRECISIONS", "apply_io", "io_quantizers", "split_input_rule"]

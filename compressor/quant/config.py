@@ -25,7 +25,7 @@ class QuantConfig(JsonConfig):
     with an integer zero-point. ``weight_bits=7`` trains for onnxruntime on
     x86 CPUs without VNNI, whose int8 kernels saturate with full-range
     weights (see DESIGN.md). ``overrides`` change that scheme per layer
-    (compressor/quant/precision.py), e.g. a sensitive tensor kept at 16 bits.
+    (compressor/quant/precision.py), e.g. a sensitive tensor kept at 16 bits, or fix one tensor's qparams.
     ``substitutions``: the kinds of standard layers swapped for exact int8-ready forms (``SUBSTITUTIONS``);
     a layer whose kind is left out is refused, as before substitutions existed.
     """
@@ -60,6 +60,9 @@ class QuantConfig(JsonConfig):
             )
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"QuantConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        for rule in self.overrides:
+            if rule.activation_bits is None:  # its zero-point on this config's grid (a rule's own bits: checked there)
+                rule.check_zero_point(self.activation_bits)
 
     @property
     def default_precision(self) -> Precision:

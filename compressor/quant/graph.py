@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from compressor.errors import UnsupportedOpError
+from compressor.errors import ConfigError, UnsupportedOpError
 from compressor.quant.config import QuantConfig
 from compressor.ops.record import OpRecord
 from compressor.ops.registry import SPECTRAL_HINT, op_name, record_for, substitution_refusal
-from compressor.quant.precision import Precision, resolve
+from compressor.quant.precision import Precision, PrecisionOverride, resolve
 from compressor.recurrent.op import cell_of
 from compressor.recurrent.quantized import (RECURRENCE_ROOT, QuantizedRecurrence, cell_quantizers, scan_arguments,
                                            scan_outputs)
@@ -328,6 +328,7 @@ def insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> dict[str, Any]
 
     graph.lint()
     gm.recompile()
+    pin_fixed_qparams(gm, config)  # rules with fixed qparams: set now, and calibration leaves them
     return {
         "activation_quantizers": len(act_module) + cell_quantizer_count,
         "weight_quantizers": len(weight_module),
@@ -411,6 +412,73 @@ def rule_site(node: fx.Node) -> fx.Node:
 def precision_of(node: fx.Node, config: QuantConfig, tensor: str = "") -> Precision:
     site = rule_site(node)
     return resolve(config.overrides, module_path(site), op_kind(site), config.default_precision, tensor)
+
+
+def pin_fixed_qparams(gm: fx.GraphModule, config: QuantConfig,
+                      only: tuple[PrecisionOverride, ...] | None = None) -> list[str]:
+    """Pin each activation quantizer whose resolved precision has fixed qparams (ActivationQuantizer.pin);
+    with ``only``, just those one of these rules matches. Returns the names pinned.
+
+    quantize() runs it as it builds the quantizers (so a checkpoint's rules pin the rebuilt model again), and
+    ``QuantizedModel.add_overrides`` for rules a recipe adds once the quantizer names are known.
+    """
+    rules = config.overrides if only is None else only
+    if not any(rule.fixes_qparams for rule in rules):
+        return []
+    prefix = f"{QUANTIZER_ROOT}."
+    sites: dict[str, list[fx.Node]] = {}
+    for node in gm.graph.nodes:  # each tensor sharing a quantizer has its own call to it
+        if node.op == "call_module" and str(node.target).startswith(prefix) and node.args \
+                and isinstance(node.args[0], fx.Node):
+            sites.setdefault(str(node.target)[len(prefix):], []).append(node.args[0])
+    pinned = []
+    for name, nodes in sites.items():
+        q = _module(gm, name)
+        if not isinstance(q, (ActivationQuantizer, FixedQParamsQuantizer)):
+            continue
+        keys = [(module_path(rule_site(n)), op_kind(rule_site(n))) for n in nodes]
+        if only is not None and not any(r.matches(m, op, name) for r in only for m, op in keys):
+            continue
+        fixing = list(dict.fromkeys(p.qparams_rule for p in (resolve(config.overrides, m, op, config.default_precision,
+                                                                       name) for m, op in keys)
+                                    if p.qparams_rule is not None))
+        if not fixing:
+            continue
+        rule = fixing[0]
+        if len({(r.scale, r.zero_point, r.learn_qparams) for r in fixing}) > 1:
+            raise ConfigError(f"quantizer {name} is one grid for several tensors, and precision overrides "
+                              f"{', '.join(r.pattern for r in fixing)} fix it to different qparams")
+        if isinstance(q, FixedQParamsQuantizer):
+            if q.qparams() != (rule.scale, rule.zero_point):
+                raise ConfigError(f"precision override {rule.pattern}: quantizer {name} ({q.op}) has the qparams "
+                                  f"the runtimes demand, {q.qparams()}, not scale={rule.scale}, zp={rule.zero_point}")
+            continue
+        try:
+            q.pin(rule.scale, rule.zero_point, learn=rule.learn_qparams)
+        except ValueError as exc:
+            raise ConfigError(f"precision override {rule.pattern}: quantizer {name}: {exc}") from None
+        pinned.append(name)
+    return pinned
+
+
+_REDUCTIONS = ("mean", "sum", "amax", "amin", "var", "std")
+
+
+def statistic_quantizers(gm: fx.GraphModule) -> set[str]:
+    """Activation quantizers of statistics: a reduction's output, or an op on statistics and constants only
+    (a gLN's mean, variance, variance + eps, rsqrt). Calibration ranges them differently (``calibrate``)."""
+    prefix = f"{QUANTIZER_ROOT}."
+    statistic: dict[fx.Node, bool] = {}
+    for node in gm.graph.nodes:  # topological order: every input is decided before its users
+        if node.op != "call_function":
+            continue
+        inputs = [_strip_quant(a) for a in node.all_input_nodes]
+        inputs = [a for a in inputs if a.op != "get_attr"]  # constants
+        statistic[node] = op_kind(node) in _REDUCTIONS or (bool(inputs) and all(statistic.get(a, False)
+                                                                                for a in inputs))
+    return {str(n.target)[len(prefix):] for n in gm.graph.nodes
+            if n.op == "call_module" and str(n.target).startswith(prefix) and n.args
+            and isinstance(n.args[0], fx.Node) and statistic.get(n.args[0], False)}
 
 
 def _strip_quant(node: Any) -> Any:

@@ -17,6 +17,11 @@ multipliers are exact on XNNPACK, on the builtin kernels and in ORT's
 table, and d M / 256 lands on a rounding tie only for d = +-128 (odd M),
 where XNNPACK rounds up and the others to even. It runs once, after
 training: QAT would move the scales off the grid again.
+
+It is not a fixed-qparams precision rule (quant/precision.py): each grid is
+derived from the calibrated or trained s_in and s_out, so it is data-dependent
+and known only after calibration. An output whose qparams a rule fixes (and
+QAT does not learn) is left as the rule says.
 """
 from __future__ import annotations
 
@@ -53,6 +58,8 @@ def snap_leaky_relu_grids(qmodel: QuantizedModel) -> int:
         if not (isinstance(in_q, ActivationQuantizer) and isinstance(out_q, ActivationQuantizer)
                 and isinstance(slope_q, WeightQuantizer) and source.op == "get_attr"):
             continue
+        if getattr(out_q, "pinned", False) and not out_q.scale.requires_grad:
+            continue  # fixed by a precision rule
         value = get_attr_value(gm, str(source.target))
         if value.numel() != 1:
             continue  # per-channel slopes deploy as GREATER + SELECT, not LEAKY_RELU

@@ -1,18 +1,20 @@
 """The quantized model: a traced graph with quantizer modules, and ``quantize()``."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from compressor.errors import UnsupportedOpError
+from compressor.errors import ConfigError, UnsupportedOpError
 from compressor.module_mode import set_training
 from compressor.ops.registry import decomposition_table
 from compressor.quant.config import SUBSTITUTIONS, QuantConfig
-from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, insert_quantizers
+from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, insert_quantizers, pin_fixed_qparams
+from compressor.quant.precision import PrecisionOverride
 from compressor.quant.substitution import fold_batchnorm, log_decompositions
 from compressor.quant.quantizers import (
     ActivationQuantizer,
@@ -71,6 +73,24 @@ class QuantizedModel(nn.Module):
         for q in self.quantizers().values():
             if not isinstance(q, BiasQuantizer):
                 q.set_mode(mode)
+
+    def add_overrides(self, rules: Iterable[PrecisionOverride]) -> list[str]:
+        """Append fixed-qparams rules to this model's config (saved with it) and pin the quantizers they match.
+
+        For grids known only once the quantizer names are (e.g. the model input's, after the level stage is
+        fit); call it before ``calibrate``, which then leaves them. Bits and per-channel weights are decided
+        when quantize() builds the quantizers: a rule that sets them is refused here. A rule the config
+        already holds is skipped. Returns the names of the quantizers pinned.
+        """
+        new = tuple(rule for rule in dict.fromkeys(rules) if rule not in self.config.overrides)
+        for rule in new:
+            if not rule.fixes_qparams or (rule.activation_bits, rule.weight_bits, rule.per_channel) != (None,) * 3:
+                raise ConfigError(f"precision override {rule.pattern}: only fixed qparams can be added to a quantized "
+                                  "model (bits and per-channel go in the QuantConfig given to quantize())")
+        if not new:
+            return []
+        self.config = dataclasses.replace(self.config, overrides=self.config.overrides + new)
+        return pin_fixed_qparams(self.graph_module, self.config, only=new)
 
     def quantizer_parameters(self) -> Iterator[nn.Parameter]:
         for q in self.quantizers().values():

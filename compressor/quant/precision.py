@@ -12,14 +12,30 @@ check each 16-bit tensor against what the target runtime runs integer.
 A rule may also name one tensor: ``#NAME`` matches the activation quantizer
 of that name, as ``compress eval --sensitivity`` lists them.
 
+A rule may also fix an activation quantizer's qparams (``scale`` and
+``zero_point``, both or neither): quantize() sets them when it builds the
+quantizer, calibration leaves them, and QAT does not learn them (with
+``learn_qparams`` QAT starts from them and learns them, calibration still
+leaves them). Recipes write their fixed grids this way instead of editing
+quantizers after calibration, so the checkpoint's config says why a grid is
+what it is: the level stage's input grid (scale target_peak/126, zero-point
+0; learned by QAT, recipes/level.py), FQSE's split input (1/128, 0,
+fqse/io_config.py) and BAM's binary maps (1, -128, recipes/bam.py). The
+LEAKY_RELU grid snap (quant/leaky_grid.py) is no rule: it derives each grid
+from the calibrated scales. Fixed qparams reach the quantizers on graph
+tensors (the ones a ``#NAME`` rule names), not weights, and not the
+internal quantizers of a recurrent cell.
+
 Written on the command line as ``MODULE[:OP]=SPEC`` or ``#NAME=SPEC``, SPEC a comma list of
 ``a16``/``a8`` (activation bits), ``w8``/``w7``/``w4`` (weight bits),
-``per-tensor``/``per-channel``: ``--precision 'separator.blocks.7.*=a16'``,
-``--precision '*:mean=a16'``.
+``per-tensor``/``per-channel``, ``scale=S,zp=Z`` (fixed qparams) and ``learn``
+(QAT learns them from there): ``--precision 'separator.blocks.7.*=a16'``,
+``--precision '*:mean=a16'``, ``--precision '#act_mixture=a8,scale=0.0009,zp=0'``.
 """
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -27,6 +43,12 @@ from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
 
 ACTIVATION_BITS = (8, 16)  # what both runtimes have kernels for (int8, and TFLite 16x8 / ONNX int16 Q/DQ)
+QPARAM_FIELDS = ("scale", "zero_point", "learn_qparams")  # left out of to_dict() when unset: configs stay as before
+
+
+def zero_point_range(bits: int) -> tuple[int, int]:
+    """The zero-points an activation quantizer of ``bits`` bits can hold (wider than 8 bits: symmetric, only 0)."""
+    return (0, 0) if bits > 8 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,11 @@ class PrecisionOverride(JsonConfig):
     activation_bits: int | None = None
     weight_bits: int | None = None
     per_channel: bool | None = None
+    # Fixed qparams of the activation quantizer (both or neither): set when it is built, never calibrated,
+    # not learned by QAT unless learn_qparams (then they are where QAT starts).
+    scale: float | None = None
+    zero_point: int | None = None
+    learn_qparams: bool = False
 
     def __post_init__(self) -> None:
         if self.activation_bits is not None and self.activation_bits not in ACTIVATION_BITS:
@@ -47,6 +74,45 @@ class PrecisionOverride(JsonConfig):
         if self.weight_bits is not None and not (isinstance(self.weight_bits, int) and 2 <= self.weight_bits <= 8):
             raise ConfigError(f"precision override {self.pattern}: weight_bits must be in 2..8, "
                               f"got {self.weight_bits!r}")
+        self._check_qparams()
+
+    def _check_qparams(self) -> None:
+        if (self.scale is None) != (self.zero_point is None):
+            raise ConfigError(f"precision override {self.pattern}: fixed qparams need both scale and zero_point "
+                              f"(or neither), got scale={self.scale!r}, zero_point={self.zero_point!r}")
+        if not isinstance(self.learn_qparams, bool):
+            raise ConfigError(f"precision override {self.pattern}: learn_qparams must be true or false, "
+                              f"got {self.learn_qparams!r}")
+        if self.scale is None:
+            if self.learn_qparams:
+                raise ConfigError(f"precision override {self.pattern}: learn_qparams needs scale and zero_point")
+            return
+        scale = self.scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+            raise ConfigError(f"precision override {self.pattern}: scale must be a finite number > 0, got {scale!r}")
+        object.__setattr__(self, "scale", float(scale))
+        self.check_zero_point(self.activation_bits if self.activation_bits is not None else 8)
+
+    def check_zero_point(self, bits: int) -> None:
+        """ConfigError unless the rule's zero_point is an integer a ``bits``-bit activation quantizer holds."""
+        zp = self.zero_point
+        if zp is None:
+            return
+        low, high = zero_point_range(bits)
+        if isinstance(zp, bool) or not isinstance(zp, int) or not low <= zp <= high:
+            raise ConfigError(f"precision override {self.pattern}: zero_point must be an integer in "
+                              f"[{low}, {high}] for {bits}-bit activations, got {zp!r}")
+
+    @property
+    def fixes_qparams(self) -> bool:
+        return self.scale is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        for name in QPARAM_FIELDS:
+            if data[name] is None or data[name] is False:
+                del data[name]  # a rule without fixed qparams is written as before they existed
+        return data
 
     @property
     def pattern(self) -> str:
@@ -60,7 +126,7 @@ class PrecisionOverride(JsonConfig):
 
     @classmethod
     def parse(cls, text: str) -> "PrecisionOverride":
-        """'MODULE[:OP]=a16,w8,per-tensor' -> a rule (the CLI's form)."""
+        """'MODULE[:OP]=a16,w8,per-tensor' or '#NAME=a8,scale=0.0009,zp=0[,learn]' -> a rule (the CLI's form)."""
         where, sep, spec = text.partition("=")
         if not sep or not where or not spec:
             raise ConfigError(f"--precision {text!r}: expected MODULE[:OP]=SPEC or #TENSOR=SPEC, e.g. "
@@ -75,9 +141,18 @@ class PrecisionOverride(JsonConfig):
                 fields["per_channel"] = item == "per-channel"
             elif item[:1] in ("a", "w") and item[1:].isdigit():
                 fields["activation_bits" if item[0] == "a" else "weight_bits"] = int(item[1:])
+            elif item.startswith(("scale=", "zp=")):
+                key, _, value = item.partition("=")
+                try:
+                    fields["scale" if key == "scale" else "zero_point"] = float(value) if key == "scale" else int(value)
+                except ValueError:
+                    raise ConfigError(f"--precision {text!r}: {key}= needs "
+                                      f"{'a number' if key == 'scale' else 'an integer'}, got {value!r}") from None
+            elif item == "learn":
+                fields["learn_qparams"] = True
             else:
                 raise ConfigError(f"--precision {text!r}: unknown setting {item!r} "
-                                  "(a8, a16, w2..w8, per-tensor, per-channel)")
+                                  "(a8, a16, w2..w8, per-tensor, per-channel, scale=S, zp=Z, learn)")
         return cls(**fields)
 
 
@@ -88,18 +163,21 @@ class Precision:
     activation_bits: int
     weight_bits: int
     per_channel: bool
+    qparams_rule: PrecisionOverride | None = None  # the last matching rule that fixes qparams (None: calibrated)
 
 
 def resolve(rules: Iterable[PrecisionOverride], module_path: str, op: str, default: Precision,
             tensor: str = "") -> Precision:
     activation_bits, weight_bits, per_channel = default.activation_bits, default.weight_bits, default.per_channel
+    qparams_rule = default.qparams_rule
     for rule in rules:
         if not rule.matches(module_path, op, tensor):
             continue
         activation_bits = rule.activation_bits if rule.activation_bits is not None else activation_bits
         weight_bits = rule.weight_bits if rule.weight_bits is not None else weight_bits
         per_channel = rule.per_channel if rule.per_channel is not None else per_channel
-    return Precision(activation_bits, weight_bits, per_channel)
+        qparams_rule = rule if rule.fixes_qparams else qparams_rule  # scale, zero-point and learn_qparams as one
+    return Precision(activation_bits, weight_bits, per_channel, qparams_rule)
 
 
 def precision_overrides(rules: Iterable[str]) -> tuple[PrecisionOverride, ...]:
@@ -111,4 +189,5 @@ def overrides_from(data: Iterable[Mapping[str, Any] | PrecisionOverride]) -> tup
     return tuple(d if isinstance(d, PrecisionOverride) else PrecisionOverride.from_dict(d) for d in data)
 
 
-__all__ = ["ACTIVATION_BITS", "Precision", "PrecisionOverride", "overrides_from", "precision_overrides", "resolve"]
+__all__ = ["ACTIVATION_BITS", "Precision", "PrecisionOverride", "overrides_from", "precision_overrides", "resolve",
+           "zero_point_range"]

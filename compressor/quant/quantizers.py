@@ -33,6 +33,10 @@ def fixed_qparams(op: str, bits: int) -> tuple[float, int]:
         return 1.0 / 2 ** (WIDE_BITS - 1), 0
     return FIXED_QPARAMS[op](bits)
 
+# A tensor with at most this many values per item holds per-item statistics (``holds_statistics``).
+STATISTIC_VALUES_PER_ITEM = 64
+# ... and its calibrated range is the extremes seen, widened by this factor (the ends away from 0).
+STATISTIC_MARGIN = 1.5
 _RESERVOIR = 1 << 16  # samples kept per quantizer for the MSE range search
 
 
@@ -73,11 +77,17 @@ class ActivationQuantizer(_Quantizer):
         self.positive = positive
         self.qmin, self.qmax = signed_range(bits, symmetric=False)
         self.ema_decay = ema_decay
+        self.learn_zero_point = learn_zero_point
         self.scale = nn.Parameter(torch.tensor(1.0))
         self.zero_point = nn.Parameter(torch.tensor(0.0), requires_grad=learn_zero_point and not self.symmetric)
+        # Set by pin(): qparams fixed by a precision rule, which calibration leaves alone. A plain attribute, not
+        # state: the rule is in the QuantConfig saved beside the state dict, and pins the rebuilt quantizer again.
+        self.pinned = False
         self.register_buffer("running_min", torch.tensor(float("inf")))
         self.register_buffer("running_max", torch.tensor(float("-inf")))
         self._samples: list[torch.Tensor] = []
+        self._extremes: tuple[float, float] | None = None  # over every value observed since the last set_range
+        self._values_per_item = 0  # the most values one item gave in one call (1 for a gLN's mean)
         self._batch_range: tuple[torch.Tensor, torch.Tensor] | None = None  # union of this batch's calls
         self._batch_start: tuple[torch.Tensor, torch.Tensor] | None = None  # the EMA before this batch
 
@@ -123,6 +133,10 @@ class ActivationQuantizer(_Quantizer):
             d = self.ema_decay
             self.running_min.copy_(d * self._batch_start[0] + (1 - d) * lo)
             self.running_max.copy_(d * self._batch_start[1] + (1 - d) * hi)
+        seen = (float(x.min()), float(x.max()))
+        self._extremes = seen if self._extremes is None else (min(self._extremes[0], seen[0]),
+                                                              max(self._extremes[1], seen[1]))
+        self._values_per_item = max(self._values_per_item, x[0].numel() if x.dim() > 1 else x.numel())
         flat = x.reshape(-1).float()
         if flat.numel() > _RESERVOIR // 8:
             idx = torch.randint(0, flat.numel(), (_RESERVOIR // 8,), generator=_sample_generator())
@@ -143,6 +157,18 @@ class ActivationQuantizer(_Quantizer):
     def observed_samples(self) -> torch.Tensor:
         return torch.cat(self._samples) if self._samples else torch.empty(0)
 
+    @property
+    def few_values_per_item(self) -> bool:
+        """At most ``STATISTIC_VALUES_PER_ITEM`` values per item observed (a gLN's mean is one): with the graph's
+        say that the tensor is a reduction's (``graph.statistic_quantizers``), a per-item statistic."""
+        return 0 < self._values_per_item <= STATISTIC_VALUES_PER_ITEM
+
+    def observed_extremes(self) -> tuple[float, float]:
+        """The smallest and largest value observed since the last ``set_range`` (not an EMA)."""
+        if self._extremes is None:
+            raise ValueError("nothing observed")
+        return self._extremes
+
     @torch.no_grad()
     def set_range(self, lo: float, hi: float) -> None:
         """Scale and integer zero-point that cover [lo, hi] (0 always included)."""
@@ -154,11 +180,27 @@ class ActivationQuantizer(_Quantizer):
             zero_point = min(max(round(self.qmin - lo / scale), self.qmin), self.qmax)
         self.scale.copy_(torch.tensor(scale))
         self.zero_point.copy_(torch.tensor(float(zero_point)))
-        self._samples = []
+        self._samples, self._extremes, self._values_per_item = [], None, 0
 
     def qparams(self) -> tuple[float, int]:
         """The (scale, zero_point) the deployed int8 tensor uses."""
         return float(self.scale.detach().abs()), int(torch.round(self.deployed_zero_point().detach()))
+
+    @torch.no_grad()
+    def pin(self, scale: float, zero_point: int, learn: bool = False) -> None:
+        """Fix the grid at (``scale``, ``zero_point``): calibration no longer sets it, and QAT does not learn it
+        (with ``learn`` QAT starts from it and learns it). The one place a quantizer is frozen: precision rules
+        with fixed qparams reach it through ``compressor.quant.graph.pin_fixed_qparams``."""
+        low, high = (0, 0) if self.symmetric else (self.qmin, self.qmax)
+        if not (math.isfinite(scale) and scale > 0) or zero_point != int(zero_point) or not low <= zero_point <= high:
+            raise ValueError(f"a {self.bits}-bit activation quantizer cannot hold scale {scale!r} with zero-point "
+                             f"{zero_point!r} (scale > 0, integer zero-point in [{low}, {high}])")
+        self.scale.copy_(torch.tensor(float(scale)))
+        self.zero_point.copy_(torch.tensor(float(zero_point)))
+        self.scale.requires_grad_(learn)
+        self.zero_point.requires_grad_(learn and self.learn_zero_point and not self.symmetric)
+        self.pinned = True
+        self._samples = []
 
 
 class FixedQParamsQuantizer(_Quantizer):
@@ -295,3 +337,9 @@ def _sample_generator() -> torch.Generator:
     if _GEN is None:
         _GEN = torch.Generator().manual_seed(0)
     return _GEN
+
+
+def reset_sample_generator() -> None:
+    """Restart the calibration samples' generator: a calibration draws the same samples whatever ran before it in
+    the process (the CLI's one calibration per process always did; tests and sweeps run several)."""
+    _sample_generator().manual_seed(0)

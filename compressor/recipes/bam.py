@@ -7,7 +7,8 @@ the conv weights are binary too (sign(w) times a per-channel scale). The
 trained model then gets per-channel 8-bit weight PTQ with MSE calibration,
 and every other tensor its int8 quantizer: the int8 x int1 model. The binary
 maps' quantizers are pinned to scale 1, zero-point -128 (codes -128/-127
-hold exactly 0 and 1), so the deployed 0/1 maps are exact.
+hold exactly 0 and 1), so the deployed 0/1 maps are exact: fixed-qparams
+precision rules in the model's QuantConfig, set before calibration.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from compressor.checkpoint import ArchSpec
 from compressor.configs import JsonConfig
 from compressor.errors import RecipeError
 from compressor.quant import QuantConfig, QuantizedModel, calibrate, quantize
+from compressor.quant.graph import QUANTIZER_ROOT
+from compressor.quant.precision import PrecisionOverride
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 from compressor.zoo.dnsmos_cnn import DnsmosCNN
 
@@ -78,11 +81,15 @@ def binary_map_quantizers(qmodel: QuantizedModel) -> dict[str, nn.Module]:
 
 
 def pin_binary_maps(qmodel: QuantizedModel) -> int:
-    """Give every binary map the grid on which 0 and 1 are exact (scale 1, zero-point -128)."""
+    """Give every binary map the grid on which 0 and 1 are exact (scale 1, zero-point -128).
+
+    As fixed-qparams precision rules (``#<map quantizer>``, saved in the model's QuantConfig): call it before
+    ``calibrate``, which then leaves these grids alone. Returns how many maps were pinned.
+    """
     quantizers = binary_map_quantizers(qmodel)
-    for q in quantizers.values():
-        lo = (q.qmin - BINARY_ZERO_POINT) * BINARY_SCALE
-        q.set_range(lo, lo + (q.qmax - q.qmin) * BINARY_SCALE)
+    # code qmin -> 0.0, qmin + 1 -> 1.0 (BINARY_ZERO_POINT at 8 bits)
+    qmodel.add_overrides([PrecisionOverride(tensor=name.removeprefix(f"{QUANTIZER_ROOT}."), scale=BINARY_SCALE,
+                                            zero_point=q.qmin) for name, q in quantizers.items()])
     return len(quantizers)
 
 
@@ -92,10 +99,10 @@ def quantize_bam(model: nn.Module, ctx: RecipeContext, config: BAMConfig) -> tup
     example = example_input(ctx.train_set)
     arch = ArchSpec.from_program(model, (example,))
     qmodel = quantize(arch.build(), example, config.quant_config())
-    batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
-    calibrate(qmodel, batches, config.calibration, progress=ctx.progress)
     if pin_binary_maps(qmodel) != 4:
         raise RecipeError("bam: expected 4 binary activation maps in the traced graph")
+    batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
+    calibrate(qmodel, batches, config.calibration, progress=ctx.progress)
     return qmodel, arch
 
 

@@ -12,6 +12,7 @@ with the splitter and combiner again for evaluation.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -25,7 +26,7 @@ from compressor.fqse import FQSEConvTasNet, FQSEModelConfig, FQSEPipeline, IOCon
 from compressor.fqse.io_codec import DEFAULT_GAIN
 from compressor.fqse.calibration import fit_rqb_scale, tighten_split_encoder_range
 from compressor.fqse.model import fit_rqb_encoder
-from compressor.quant import QuantizedModel, calibrate, quantize
+from compressor.quant import QuantConfig, QuantizedModel, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 from compressor.recipes.level import stage_records
@@ -67,6 +68,11 @@ class FQSEConfig(QATConfig):
 
     def io(self) -> IOConfig:
         return IOConfig(input=self.input_precision, output=self.output_precision, gain=self.gain)
+
+    def quant_config(self) -> QuantConfig:
+        """QAT's, with the I/O's fixed grids (the split input, fqse/io_config.py) as the last precision rules."""
+        config = super().quant_config()
+        return dataclasses.replace(config, overrides=config.overrides + self.io().overrides())
 
     def model_config(self) -> FQSEModelConfig:
         io = self.io()

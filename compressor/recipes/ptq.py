@@ -57,8 +57,8 @@ class PTQ(Recipe):
         batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
         stage = fit_level_stage(batches, cfg.level_stage, ctx.float_model)
         self.stages = stage_records(stage)
+        pin_input_range(qmodel, stage)  # a fixed-qparams rule: calibration leaves the input grid alone
         calibrate(qmodel, at_level(batches, stage) if stage else batches, cfg.calibration, progress=ctx.progress)
-        pin_input_range(qmodel, stage)
         if cfg.leaky_grid:
             snap_leaky_relu_grids(qmodel)
         return qmodel

@@ -72,9 +72,9 @@ class QATConfig(JsonConfig):
 def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage | None = None) -> QuantizedModel:
     """quantize() + min/max calibration (through the level stage, if any), which initialises the LSQ step sizes."""
     qmodel = quantize(ctx.float_model, example_input(ctx.train_set), config.quant_config())
+    pin_input_range(qmodel, stage, learn=True)  # the input grid behind the stage, where QAT starts from
     batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
     calibrate(qmodel, at_level(batches, stage) if stage else batches, "minmax", progress=ctx.progress)
-    pin_input_range(qmodel, stage)
     return qmodel
 
 
