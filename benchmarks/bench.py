@@ -31,7 +31,7 @@ from benchmarks.quality import Dnsmos, clip_rows, delta, summarize
 from benchmarks.size import model_size
 from compressor.configs import JsonConfig
 from compressor.errors import CompressorError, ConfigError, RuntimeLoadError
-from compressor.fileio import write_text_atomic
+from compressor.fileio import shown_path, write_text_atomic
 from compressor.quant.clipping import CLIP_WARN_FRACTION
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def bench_one(path: Path, name: str, config: BenchConfig, quality: _QualityCache
     """The JSON object of one model (``rows``: per-clip metrics, kept for plots)."""
     if not path.is_file():
         raise BenchmarkError(f"{path}: no such model file")
-    entry: dict[str, Any] = {"name": name, "path": str(path), "format": model_format(path)}
+    entry: dict[str, Any] = {"name": name, "path": shown_path(path), "format": model_format(path)}
     entry.update(model_size(path))
     entry["bops"] = model_bops(path, int(round(config.chunk_seconds * config.sample_rate)), config.sample_rate,
                                per_layer=config.per_layer)

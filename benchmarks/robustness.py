@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from compressor.fileio import write_text_atomic
+from compressor.fileio import shown_path, write_text_atomic
 from compressor.metrics import si_snr_np
 
 BOUNDARY = ("input", "output", "residual")  # Runtime.clip_counts keys; residual: FQSE's RQB output
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         results["reference_rows"] = reference_rows
     for path in args.models:
         rows = run_model(path, dataset, args.threads)
-        results["models"][labels.get(path, Path(path).name)] = {"path": path, "summary": summarize(rows, reference_rows),
+        results["models"][labels.get(path, Path(path).name)] = {"path": shown_path(path), "summary": summarize(rows, reference_rows),
                                                                 "rows": rows}
     results["seconds"] = round(time.perf_counter() - start, 1)
     args.out.mkdir(parents=True, exist_ok=True)

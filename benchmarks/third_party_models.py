@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -242,6 +243,16 @@ def _error_line(text: str) -> str:
     return lines[-1] if lines else "(no output)"
 
 
+def _portable(text: str, work: Path) -> str:
+    """Output as the results show it: `compress` for this venv's entry point, WORK/ for the --work folder, and
+    asteroid's source lines from its package (asteroid/masknn/norms.py:14), not from where it was unpacked."""
+    spec = importlib.util.find_spec("asteroid")
+    text = text.replace(str(Path(sys.executable).with_name("compress")), "compress").replace(f"{work}/", "WORK/")
+    if spec is not None and spec.origin:
+        text = text.replace(f"{Path(spec.origin).parent.parent}/", "")
+    return text
+
+
 def _run_step(cmd: list[str], timeout: int, log_path: Path) -> dict:
     """Run one compress command; stdout and stderr stream to LOG.out / LOG.err (readable while it runs)."""
     t0 = time.monotonic()
@@ -261,8 +272,10 @@ def _run_step(cmd: list[str], timeout: int, log_path: Path) -> dict:
     log_path.write_text(f"$ {' '.join(cmd)}\n--- rc {rc}, {seconds} s\n--- stdout\n{out}\n--- stderr\n{err}")
     out_path.unlink()
     err_path.unlink()
+    out, err = _portable(out, log_path.parent), _portable(err, log_path.parent)
     text = out + "\n" + err
-    step = {"cmd": " ".join(cmd), "ok": rc == 0, "seconds": seconds, "log": str(log_path)}
+    step = {"cmd": _portable(" ".join(cmd), log_path.parent), "ok": rc == 0, "seconds": seconds,
+            "log": f"WORK/{log_path.name}"}
     if rc != 0:
         step["error"] = f"timeout after {timeout} s" if rc is None else _error_line(err or out)
         lines = (err or out).splitlines()

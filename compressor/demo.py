@@ -14,7 +14,7 @@ from compressor.data import open_dataset
 from compressor.configs import JsonConfig
 from compressor.errors import CheckpointError
 from compressor.evaluation import evaluate
-from compressor.fileio import write_text_atomic
+from compressor.fileio import shown_path, write_text_atomic
 from compressor.recipes import RecipeContext, get_recipe
 from compressor.recipes.fqse import FQSE
 from compressor.reporting import markdown_table, model_entry
@@ -56,7 +56,7 @@ def run_demo(out_dir: Path, config: DemoConfig, progress: bool = True, log=print
 
     log("1/4 float model")
     float_summary = timed_eval("float", loaded.model)
-    entries = [model_entry("float", float_summary, float_summary, checkpoint=str(checkpoint))]
+    entries = [model_entry("float", float_summary, float_summary, checkpoint=shown_path(checkpoint))]
 
     log("2/4 PTQ (8-bit weights and activations, input and output included)")
     t0 = time.perf_counter()
@@ -65,8 +65,8 @@ def run_demo(out_dir: Path, config: DemoConfig, progress: bool = True, log=print
     ptq_model = ptq.run(RecipeContext(loaded.model, train_set, None, out_dir / "ptq.run", progress=progress))
     timings["ptq"] = time.perf_counter() - t0
     save_quantized(out_dir / "ptq.pt", ptq_model, loaded.arch, ptq.describe(), {"float_model": str(checkpoint)})
-    entries.append(model_entry("ptq", timed_eval("ptq", ptq_model), float_summary, checkpoint=str(out_dir / "ptq.pt"),
-                               recipe=ptq.describe()))
+    entries.append(model_entry("ptq", timed_eval("ptq", ptq_model), float_summary,
+                               checkpoint=shown_path(out_dir / "ptq.pt"), recipe=ptq.describe()))
 
     log(f"3/4 vanilla QAT ({config.qat_steps} steps)")
     t0 = time.perf_counter()
@@ -77,7 +77,7 @@ def run_demo(out_dir: Path, config: DemoConfig, progress: bool = True, log=print
     timings["vanilla_qat"] = time.perf_counter() - t0
     save_quantized(out_dir / "vanilla.pt", qat_model, loaded.arch, vanilla.describe(), {"float_model": str(checkpoint)})
     entries.append(model_entry("vanilla", timed_eval("vanilla", qat_model), float_summary,
-                               checkpoint=str(out_dir / "vanilla.pt"), recipe=vanilla.describe()))
+                               checkpoint=shown_path(out_dir / "vanilla.pt"), recipe=vanilla.describe()))
 
     log(f"4/4 FQSE QAT ({config.fqse_steps} steps: SNR augmentation, input splitter, residual quantization block)")
     t0 = time.perf_counter()
@@ -90,13 +90,13 @@ def run_demo(out_dir: Path, config: DemoConfig, progress: bool = True, log=print
                    {"float_model": str(checkpoint)})
     fqse_model = FQSE.inference_model(fqse_core, fqse.describe())  # splitter -> int8 graph -> combiner
     entries.append(model_entry("fqse", timed_eval("fqse", fqse_model), float_summary,
-                               checkpoint=str(out_dir / "fqse.pt"), recipe=fqse.describe()))
+                               checkpoint=shown_path(out_dir / "fqse.pt"), recipe=fqse.describe()))
 
     timings["total"] = time.perf_counter() - started
     report = {
         "models": entries,
         "data": "demo:test",
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), "float_checkpoint": shown_path(config.float_checkpoint)},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version()},

@@ -34,3 +34,13 @@ def _umask() -> int:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """How a report names a file: relative to the current directory when it lies under it, else by its name, so
+    that reports (and the results committed from them) carry no directory of the machine that wrote them."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return resolved.name
