@@ -54,6 +54,34 @@ def test_rules_parse_and_later_rules_win():
     assert by_name["act_mul"] == 16 and sum(b == 16 for b in by_name.values()) == 1
 
 
+class Normed(nn.Module):
+    """A conv, a GroupNorm(1, C) (decomposed: its variance is a square averaged by a mean) and an RMS written out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(1, 8)
+
+    def forward(self, x):
+        y = self.norm(self.conv(x))
+        return y * y * torch.rsqrt((x * x).mean(dim=(1, 2), keepdim=True) + 1e-3)  # y * y is not averaged
+
+
+def test_variance_rule_widens_only_the_averaged_squares():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 64)
+
+    def wide(*rules):
+        qmodel = quantize(Normed().eval(), x, QuantConfig(overrides=precision_overrides(rules)))
+        return {name for name, bits in _bits(qmodel).items() if bits == 16}
+
+    variance = wide("*:variance=a16")
+    assert len(variance) == 2  # the norm's (x - m)^2 and the RMS's x * x; not y * y, not the normalising mul
+    assert variance < wide("*:mul=a16")  # a rule on 'mul' still covers them
+    assert wide("norm:variance=a16") < variance and len(wide("norm:variance=a16")) == 1
+    assert not wide()
+
+
 def test_a_16_bit_tensor_is_symmetric_and_finer_in_the_simulation():
     wide, plain = _quantized("b=a16"), _quantized()
     q16 = wide.activation_quantizers()["act_conv1d_1"]

@@ -336,6 +336,46 @@ def _normalize(x: torch.Tensor, dims: list[int], eps: float, gain: torch.Tensor 
     return centered * (rstd if gain is None else rstd * gain)
 
 
+def _reduced_count(x: torch.Tensor, dim: Any) -> Any:
+    """How many elements a reduction over ``dim`` (None or [] = all axes) averages; symbolic on a dynamic axis."""
+    axes = range(x.dim()) if dim is None or (isinstance(dim, (list, tuple)) and not dim) else \
+        ([dim] if isinstance(dim, int) else list(dim))
+    count: Any = 1
+    for axis in axes:
+        count = count * x.shape[axis]
+    return count
+
+
+def var(x: torch.Tensor, dim: Any = None, unbiased: bool = True, keepdim: bool = False, *,
+        correction: Any = None) -> torch.Tensor:
+    """torch.var (``aten.var.dim`` and ``aten.var.correction``) as mean, x - m, (x - m) * (x - m), mean; an
+    unbiased variance (correction c) times the constant n / (n - c), n the reduced count. When n depends on
+    the input length (a dynamic axis) that factor is no constant: refused, with what to write instead."""
+    c = (1 if unbiased else 0) if correction is None else correction
+    axes = None if dim is None or (isinstance(dim, (list, tuple)) and not dim) else dim
+    mean = x.mean() if axes is None else x.mean(dim=axes, keepdim=True)
+    centered = x - mean
+    squared = centered * centered
+    out = (squared.mean() if axes is None else squared.mean(dim=axes, keepdim=keepdim))
+    if c:
+        n = _reduced_count(x, dim)
+        if not isinstance(n, int):
+            from compressor.errors import UnsupportedOpError
+
+            raise UnsupportedOpError(
+                f"torch.var/torch.std with correction={c} (unbiased=True, the default) over an axis whose size "
+                "varies with the input length: its factor n / (n - 1) is no constant of the model; pass "
+                "unbiased=False (correction=0), as norms do, or reduce over fixed-size axes only")
+        out = out * (n / (n - c))
+    return out
+
+
+def std(x: torch.Tensor, dim: Any = None, unbiased: bool = True, keepdim: bool = False, *,
+        correction: Any = None) -> torch.Tensor:
+    """torch.std (``aten.std.dim``, ``aten.std.correction``): sqrt of ``var``."""
+    return torch.sqrt(var(x, dim, unbiased, keepdim, correction=correction))
+
+
 def layer_norm(x: torch.Tensor, normalized_shape: Any, weight: torch.Tensor | None = None,
                bias: torch.Tensor | None = None, eps: float = 1e-5, cudnn_enable: bool = True) -> torch.Tensor:
     """nn.LayerNorm / F.layer_norm over the last len(normalized_shape) axes, then the elementwise affine."""
@@ -429,4 +469,4 @@ def scaled_dot_product_attention(query: torch.Tensor, key: torch.Tensor, value: 
 
 __all__ = ["broadcast_to", "col2im", "elu", "im2col", "log10", "log1p", "log_softmax", "same_tensor", "silu", "softmax",
            "to_dtype", "upsample_linear", "upsample_nearest", "ATTENTION_MASK_MARGIN", "group_norm", "layer_norm",
-           "scaled_dot_product_attention"]
+           "scaled_dot_product_attention", "std", "var"]

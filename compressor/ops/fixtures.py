@@ -149,6 +149,20 @@ class Norm(nn.Module):
         return normed * self.gamma + self.beta
 
 
+class ZNorm(nn.Module):
+    """asteroid's z_norm (gLN with torch.var) and a norm by torch.std over the channels, after a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 8, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        mean = y.mean(dim=(1, 2), keepdim=True)
+        z = (y - mean) / torch.sqrt(torch.var(y, dim=(1, 2), keepdim=True, unbiased=False) + 1e-8)
+        return z * (torch.std(y, dim=1, keepdim=True) + 0.5)
+
+
 class NormTwice(nn.Module):
     """A norm written as plain ops, ``x - m`` twice (as users write it), after Conv1d + SiLU.
 
@@ -426,6 +440,7 @@ FIXTURES = {
     "gln": lambda: Norm("gln"),
     "cln": lambda: Norm("cln"),
     "layernorm": lambda: Norm("layernorm"),
+    "z_norm": lambda: ZNorm(),
     "mean": lambda: Mean(),
     "norm_twice": lambda: NormTwice(),
     "unfold_fold": lambda: UnfoldFold(),

@@ -120,6 +120,13 @@ def _records() -> tuple[OpRecord, ...]:
         R("mean", (aten.mean.dim, aten.mean.default), "compute", ("MEAN",), ("ReduceMean",),
           fixture=("mean", "gln")),
         R("sum", (aten.sum.dim_IntList, aten.sum.default), "compute", ("SUM",), ("ReduceSum",), fixture=("sum",)),
+        R("var", (aten.var.dim, aten.var.correction), "decomposed", ("MEAN", "SUB", "MUL"),
+          ("ReduceMean", "Sub", "Mul"), decompose=dec.var, fixture=("z_norm",),
+          hint="mean, x - m, (x - m) * (x - m), mean; unbiased: times the constant n / (n - 1) (refused when n "
+               "varies with the input length)"),
+        R("std", (aten.std.dim, aten.std.correction), "decomposed", ("MEAN", "SUB", "MUL", "SQRT", "MAXIMUM"),
+          ("ReduceMean", "Sub", "Mul", "Sqrt", "Clip"), decompose=dec.std, fixture=("z_norm",),
+          hint="sqrt of var's form (its input floored at one LSB)"),
         R("avg_pool", (aten.avg_pool1d.default, aten.avg_pool2d.default), "same_grid",
           ("AVERAGE_POOL_2D", "PADV2", "PAD"), ("AveragePool", "Pad"),
           hint="output on its input's grid: LiteRT's int8 AVERAGE_POOL_2D keeps the input's qparams",

@@ -12,8 +12,10 @@ CALIBRATION_METHODS = ("minmax", "mse")
 # "norm": nn.LayerNorm / nn.GroupNorm (and F.layer_norm / F.group_norm) as mean, sub, mul, mean, add, rsqrt, mul;
 # "batchnorm": eval-mode BatchNorm folded into the conv/linear before it (else a per-channel mul + add);
 # "attention": F.scaled_dot_product_attention (and so nn.MultiheadAttention) as matmul, softmax, matmul;
-# "recurrent": nn.GRU / nn.LSTM modules as an input Linear + the cell scanned over frames (compressor/recurrent).
-SUBSTITUTIONS = ("norm", "batchnorm", "attention", "recurrent")
+# "recurrent": nn.GRU / nn.LSTM modules as an input Linear + the cell scanned over frames (compressor/recurrent);
+# "norm_idiom": a hand-written norm module (per-channel gain and shift) whose output equals GroupNorm(1, C),
+#   GroupNorm(C, C) or a layer norm over the channels (cLN) on probes, swapped for that norm before tracing.
+SUBSTITUTIONS = ("norm", "batchnorm", "attention", "recurrent", "norm_idiom")
 
 
 @dataclass(frozen=True)

@@ -411,7 +411,33 @@ def rule_site(node: fx.Node) -> fx.Node:
 
 def precision_of(node: fx.Node, config: QuantConfig, tensor: str = "") -> Precision:
     site = rule_site(node)
-    return resolve(config.overrides, module_path(site), op_kind(site), config.default_precision, tensor)
+    return resolve(config.overrides, module_path(site), op_kind(site), config.default_precision, tensor,
+                   op_roles(site))
+
+
+def op_roles(node: fx.Node) -> tuple[str, ...]:
+    """Other names a precision rule's OP matches this node's op by (``VARIANCE_ROLE``)."""
+    return (VARIANCE_ROLE,) if averaged_square(node) else ()
+
+
+# What a precision rule's OP also matches for a square that is only averaged ('*:variance=a16'): the one tensor of
+# a norm an 8-bit grid cannot hold on long-tailed signals (a grid for the largest squares rounds the bulk's to
+# zero, one for the bulk clips the largest), README 'Level'.
+VARIANCE_ROLE = "variance"
+
+
+def averaged_square(node: fx.Node) -> bool:
+    """``x * x`` whose every use is a mean (through its quantizer once inserted): a norm's variance, an RMS."""
+    if node.op != "call_function" or op_kind(node) != "mul" or len(node.args) != 2 or node.args[0] is not node.args[1]:
+        return False
+    users = [u for u in node.users]
+    while any(_is_quantizer_call(u) for u in users):
+        users = [v for u in users for v in (u.users if _is_quantizer_call(u) else [u])]
+    return bool(users) and all(u.op == "call_function" and op_kind(u) == "mean" for u in users)
+
+
+def _is_quantizer_call(node: fx.Node) -> bool:
+    return node.op == "call_module" and str(node.target).startswith(f"{QUANTIZER_ROOT}.")
 
 
 def pin_fixed_qparams(gm: fx.GraphModule, config: QuantConfig,
@@ -436,11 +462,11 @@ def pin_fixed_qparams(gm: fx.GraphModule, config: QuantConfig,
         q = _module(gm, name)
         if not isinstance(q, (ActivationQuantizer, FixedQParamsQuantizer)):
             continue
-        keys = [(module_path(rule_site(n)), op_kind(rule_site(n))) for n in nodes]
-        if only is not None and not any(r.matches(m, op, name) for r in only for m, op in keys):
+        keys = [(module_path(rule_site(n)), op_kind(rule_site(n)), op_roles(rule_site(n))) for n in nodes]
+        if only is not None and not any(r.matches(m, op, name, roles) for r in only for m, op, roles in keys):
             continue
         fixing = list(dict.fromkeys(p.qparams_rule for p in (resolve(config.overrides, m, op, config.default_precision,
-                                                                       name) for m, op in keys)
+                                                                       name, roles) for m, op, roles in keys)
                                     if p.qparams_rule is not None))
         if not fixing:
             continue

@@ -15,14 +15,14 @@ from compressor.ops.registry import decomposition_table
 from compressor.quant.config import SUBSTITUTIONS, QuantConfig
 from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, insert_quantizers, pin_fixed_qparams
 from compressor.quant.precision import PrecisionOverride
-from compressor.quant.substitution import fold_batchnorm, log_decompositions
+from compressor.quant.substitution import fold_batchnorm, log_decompositions, substitute_norm_idioms
 from compressor.quant.quantizers import (
     ActivationQuantizer,
     BiasQuantizer,
     FixedQParamsQuantizer,
     WeightQuantizer,
 )
-from compressor.quant.trace_errors import explain_export_failure
+from compressor.quant.trace_errors import check_dynamic_axes, explain_export_failure
 from compressor.recurrent.substitute import substitute_recurrent
 
 log = logging.getLogger("compressor.quant")
@@ -166,9 +166,13 @@ def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
     model = fold_weight_norm(model)
     if substitutions is None or "recurrent" in substitutions:
         model = substitute_recurrent(model)
+    if substitutions is None or "norm_idiom" in substitutions:
+        model = substitute_norm_idioms(model, example_inputs,
+                                       group_norm=substitutions is None or "norm" in substitutions)
     was_training = model.training
     set_training(model, False)  # an exported GraphModule: already traced in eval mode
-    if dynamic_shapes == "auto":
+    every_axis = dynamic_shapes == "auto"
+    if every_axis:
         dynamic_shapes = _default_dynamic_shapes(example_inputs)
     try:
         program = torch.export.export(model, tuple(example_inputs), dynamic_shapes=dynamic_shapes)
@@ -176,6 +180,8 @@ def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
         raise explain_export_failure(model, exc, example_inputs) from exc
     finally:
         set_training(model, was_training)
+    if every_axis:  # an axis torch.export fixed although the model runs at other sizes: say so now, not at export
+        check_dynamic_axes(model, program, example_inputs)
     table = decomposition_table(substitutions)
     log_decompositions(program.graph, SUBSTITUTIONS if substitutions is None else substitutions)
     if any(node.target in table for node in program.graph.nodes):

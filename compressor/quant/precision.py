@@ -120,8 +120,10 @@ class PrecisionOverride(JsonConfig):
             return f"#{self.tensor}"
         return self.module if self.op == "*" else f"{self.module}:{self.op}"
 
-    def matches(self, module_path: str, op: str, tensor: str = "") -> bool:
-        return (fnmatch.fnmatchcase(module_path, self.module) and fnmatch.fnmatchcase(op, self.op)
+    def matches(self, module_path: str, op: str, tensor: str = "", roles: tuple[str, ...] = ()) -> bool:
+        """``roles``: other names the op answers to ('variance' for a norm's averaged square)."""
+        return (fnmatch.fnmatchcase(module_path, self.module)
+                and any(fnmatch.fnmatchcase(name, self.op) for name in (op, *roles))
                 and fnmatch.fnmatchcase(tensor, self.tensor))
 
     @classmethod
@@ -167,11 +169,11 @@ class Precision:
 
 
 def resolve(rules: Iterable[PrecisionOverride], module_path: str, op: str, default: Precision,
-            tensor: str = "") -> Precision:
+            tensor: str = "", roles: tuple[str, ...] = ()) -> Precision:
     activation_bits, weight_bits, per_channel = default.activation_bits, default.weight_bits, default.per_channel
     qparams_rule = default.qparams_rule
     for rule in rules:
-        if not rule.matches(module_path, op, tensor):
+        if not rule.matches(module_path, op, tensor, roles):
             continue
         activation_bits = rule.activation_bits if rule.activation_bits is not None else activation_bits
         weight_bits = rule.weight_bits if rule.weight_bits is not None else weight_bits

@@ -10,18 +10,28 @@
   them, checkpoints save them); the BatchNorm's own parameters and statistics are removed from it. The pass
   reads the program's stored weights, so a checkpoint's program folds to the same graph and names again.
 
+- "norm_idiom": ``substitute_norm_idioms`` below, before tracing: a norm the user wrote by hand (a leaf module of
+  the model's own code with a per-channel gain and shift, e.g. asteroid's GlobLN / ChanLN / FeatsGlobLN, whose
+  code torch.export may not trace: gLN's dims from ``torch.arange(...).tolist()``) is swapped for the standard
+  norm it computes, when probes show the same output: nn.GroupNorm(1, C) (global LN), nn.GroupNorm(C, C) (each
+  channel over time) or ``ChannelNorm`` (over the channels at each position, cLN). Its GroupNorms are then the
+  "norm" kind's; with "norm" off only ChannelNorm swaps are made.
+
 A kind left out of ``QuantConfig.substitutions`` is not swapped, and quantize() refuses its op with the hint
 it gave before substitutions existed (``compressor.ops.registry.substitution_refusal``).
 """
 from __future__ import annotations
 
+import copy
 import logging
 import operator
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import fx, nn
 
+from compressor.module_mode import set_training
+from compressor.ops import decompositions as dec
 from compressor.ops.registry import record_for
 
 log = logging.getLogger("compressor.quant")
@@ -244,5 +254,210 @@ def _remove(gm: fx.GraphModule, node: fx.Node, out: fx.Node, a: dict[str, Any]) 
             if not any(n.op == "get_attr" and n.target == target for n in gm.graph.nodes):
                 delattr(owner, "num_batches_tracked")
 
+# -- "norm_idiom": hand-written norms swapped for the standard norm they compute -----------------------------
 
-__all__ = ["fold_batchnorm", "log_decompositions"]
+NORM_IDIOM_TOLERANCE = 1e-5  # largest relative difference (max |a - b| / max |b|) on any probe for a swap
+_EPS_CANDIDATES = (1e-5, 1e-8, 1e-6, 1e-12, 1e-3, 1e-4, 1e-7, 1e-9, 1e-10)
+_GAIN_NAMES = ("weight", "gamma", "gain", "scale", "g", "w")
+_SHIFT_NAMES = ("bias", "beta", "shift", "offset", "b")
+_PROBE_LENGTHS = (5, 16, 37)
+
+
+class ChannelNorm(nn.Module):
+    """Layer norm over axis 1 of [N, C, *] at each position (asteroid's cLN), then a per-channel gain and shift,
+    written with the "norm" substitution's ops (mean, x - m, square, mean, + eps, rsqrt, mul; no transposes)."""
+
+    def __init__(self, channels: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dec._channel_affine(dec._normalize(x, [1], self.eps), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}"
+
+
+def _reference(form: str, x: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
+    channels = x.shape[1]
+    if form == "global":
+        return torch.nn.functional.group_norm(x, 1, gain, shift, eps)
+    if form == "instance":
+        return torch.nn.functional.group_norm(x, channels, gain, shift, eps)
+    view = [1, channels] + [1] * (x.dim() - 2)
+    mean = x.mean(dim=1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * gain.reshape(view) + shift.reshape(view)
+
+
+def _per_channel(p: torch.Tensor) -> int | None:
+    """C when ``p`` holds one value per channel ([C], [C, 1], [1, C, 1], ...), else None."""
+    sizes = [s for s in p.shape if s != 1]
+    return None if len(sizes) > 1 or p.dim() == 0 else (sizes[0] if sizes else 1)
+
+
+def _affine_params(module: nn.Module) -> list[tuple[str, str]] | None:
+    """(gain, shift) parameter-name orders to try for a norm candidate: two per-channel parameters, no buffers."""
+    params = dict(module.named_parameters(recurse=False))
+    if len(params) != 2 or list(module.buffers(recurse=False)) or list(module.children()):
+        return None
+    (a, pa), (b, pb) = params.items()
+    if (_per_channel(pa) or 0) < 2 or _per_channel(pa) != _per_channel(pb) or pa.numel() != pb.numel():
+        return None
+    if a.lower() in _GAIN_NAMES and b.lower() in _SHIFT_NAMES:
+        return [(a, b)]
+    if b.lower() in _GAIN_NAMES and a.lower() in _SHIFT_NAMES:
+        return [(b, a)]
+    return [(a, b), (b, a)]
+
+
+def _candidate(module: nn.Module) -> bool:
+    """A leaf module of the user's code (not torch's nor the toolkit's) that may be a hand-written norm."""
+    origin = type(module).__module__ or ""
+    return not origin.startswith(("torch.", "compressor.")) and _affine_params(module) is not None
+
+
+def _relative(out: Any, ref: torch.Tensor) -> float:
+    if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+        return float("inf")
+    scale = ref.abs().max().item()
+    diff = (out.to(ref.dtype) - ref).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def _probe(module: nn.Module, shapes: list[tuple[int, ...]], orders: list[tuple[str, str]]
+           ) -> tuple[str, float, str, str, float] | None:
+    """(form, eps, gain name, shift name, worst relative difference) of the standard norm ``module`` computes on
+    random inputs like those it was given (several lengths, non-zero mean, small variance), None if none."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = []
+    for shape in shapes:
+        channels = shape[1]
+        for i, length in enumerate(_PROBE_LENGTHS):
+            size = (2, *shape[1:-1], length)
+            offset = torch.randn(channels, generator=gen, dtype=torch.float64).reshape(1, -1, *[1] * (len(size) - 2))
+            if i == 1:  # small variance: tells the eps values apart
+                inputs.append(torch.randn(size, generator=gen, dtype=torch.float64) * 1e-3)
+            else:  # non-zero mean, per-channel offsets
+                inputs.append(torch.randn(size, generator=gen, dtype=torch.float64) * 1.5 + 2.0 + offset)
+    for dtype in (torch.float64, torch.float32):
+        probe = copy.deepcopy(module).to(dtype)
+        params = dict(probe.named_parameters(recurse=False))
+        with torch.no_grad():  # a random gain and shift: an identity affine would hide a module that ignores them
+            for p in params.values():
+                p.copy_(torch.rand(p.shape, generator=gen, dtype=torch.float64) + 0.5)
+        outputs = []
+        try:
+            with torch.no_grad():
+                for x in inputs:
+                    outputs.append(probe(x.to(dtype)))
+        except Exception:  # any failure on a probe: not a norm we can stand in for (or not in this dtype)
+            continue
+        tolerance = NORM_IDIOM_TOLERANCE
+        best = None
+        for gain_name, shift_name in orders:
+            gain, shift = (params[n].detach().to(torch.float64).reshape(-1) for n in (gain_name, shift_name))
+            for form in ("global", "channel", "instance"):
+                for eps in _EPS_CANDIDATES:
+                    worst = 0.0
+                    for x, out in zip(inputs, outputs):
+                        worst = max(worst, _relative(out, _reference(form, x, gain, shift, eps)))
+                        if worst > tolerance:
+                            break
+                    if worst <= tolerance and (best is None or worst < best[4]):
+                        best = (form, eps, gain_name, shift_name, worst)
+        return best
+    return None
+
+
+def _input_shapes(model: nn.Module, candidates: dict[int, nn.Module], example_inputs: Sequence[torch.Tensor]
+                  ) -> dict[int, list[tuple[int, ...]]]:
+    """The shapes (one per rank) each candidate is called with in one eager run on the example; a candidate called
+    with anything but one [N, C, ...] tensor (C its parameters' size) is left out."""
+    seen: dict[int, list[tuple[int, ...]]] = {}
+    refused: set[int] = set()
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        key = id(module)
+        x = args[0] if len(args) == 1 and not kwargs else None
+        params = list(module.parameters(recurse=False))
+        if not isinstance(x, torch.Tensor) or x.dim() < 3 or not x.is_floating_point() \
+                or x.shape[1] != params[0].numel():
+            refused.add(key)
+            return
+        shapes = seen.setdefault(key, [])
+        if all(len(s) != x.dim() for s in shapes):
+            shapes.append(tuple(x.shape))
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in candidates.values()]
+    was_training = model.training
+    try:
+        set_training(model, False)
+        with torch.no_grad():
+            model(*example_inputs)
+    except Exception:  # the model fails on its example: tracing will say why
+        return {}
+    finally:
+        for h in handles:
+            h.remove()
+        set_training(model, was_training)
+    return {k: v for k, v in seen.items() if k not in refused}
+
+
+def substitute_norm_idioms(model: nn.Module, example_inputs: Sequence[torch.Tensor],
+                           group_norm: bool = True) -> nn.Module:
+    """A copy of ``model`` with each hand-written norm swapped for the standard norm it computes (the model
+    itself when there is none); see the module doc.
+
+    A candidate is a leaf module of the user's code with two per-channel parameters (gain and shift), called
+    with one [N, C, ...] tensor in an eager run on the example. Its output, with a random gain and shift, on
+    random inputs of the shapes it was given and several lengths (non-zero mean; small variance, which tells
+    eps values apart), must equal GroupNorm(1, C), GroupNorm(C, C) or ``ChannelNorm`` for one of a few eps
+    values within ``NORM_IDIOM_TOLERANCE`` (relative); a module that matches none is left as it is.
+    ``group_norm=False`` (the "norm" kind off): only ChannelNorm swaps.
+    """
+    candidates = {id(m): m for m in model.modules() if _candidate(m)}
+    if not candidates:
+        return model
+    shapes = _input_shapes(model, candidates, example_inputs)
+    found: dict[int, tuple[str, float, str, str, float]] = {}
+    for key, module_shapes in shapes.items():
+        match = _probe(candidates[key], module_shapes, _affine_params(candidates[key]))
+        if match is not None and (group_norm or match[0] == "channel"):
+            found[key] = match
+    if not found:
+        return model
+    paths = [(name, m) for name, m in model.named_modules(remove_duplicate=False) if id(m) in found]
+    replacements: dict[int, nn.Module] = {}
+    swapped: dict[str, tuple[list[str], float]] = {}  # log label -> module paths, worst relative difference
+    for name, original in paths:
+        form, eps, gain_name, shift_name, worst = found[id(original)]
+        if id(original) not in replacements:
+            gain, shift = getattr(original, gain_name), getattr(original, shift_name)
+            channels = gain.numel()
+            new: nn.Module = ChannelNorm(channels, eps) if form == "channel" else \
+                nn.GroupNorm(1 if form == "global" else channels, channels, eps=eps)
+            with torch.no_grad():
+                new.weight.copy_(gain.detach().reshape(-1))
+                new.bias.copy_(shift.detach().reshape(-1))
+            replacements[id(original)] = new.to(device=gain.device, dtype=gain.dtype)
+        what = ("ChannelNorm(C) (layer norm over the channels at each position)" if form == "channel" else
+                f"GroupNorm({'1' if form == 'global' else 'C'}, C)")
+        label = f"{type(original).__module__}.{type(original).__qualname__} -> {what}, eps={eps:g}"
+        names, worst_seen = swapped.get(label, ([], 0.0))
+        swapped[label] = (names + [name], max(worst_seen, worst))
+    model = copy.deepcopy(model)  # the user's model keeps its modules
+    for name, original in paths:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, replacements[id(original)])
+    for label, (names, worst) in swapped.items():
+        log.info("substituted %d norm_idiom module(s) (hand-written norm as the standard one): %s (matches its "
+                 "output within %.0e relative on probes) at %s", len(names), label, max(worst, 1e-16),
+                 ", ".join(names))
+    return model
+
+
+__all__ = ["ChannelNorm", "NORM_IDIOM_TOLERANCE", "fold_batchnorm", "log_decompositions", "substitute_norm_idioms"]

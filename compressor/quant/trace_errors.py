@@ -18,6 +18,7 @@ from torch import nn
 
 import compressor
 from compressor.errors import UnsupportedOpError
+from compressor.module_mode import set_training
 
 DATA_DEPENDENT = "data-dependent"
 LENGTH_GUARD = "length"
@@ -165,3 +166,80 @@ def explain_export_failure(model: nn.Module, exc: BaseException,
         f"torch.export could not trace {type(model).__name__}: {what}{at} — {_HINT[kind]} "
         "(torch's message is this error's __cause__)"
     )
+
+
+def _guard_location(program: torch.export.ExportedProgram, size: int, roots: tuple[str, ...]) -> str | None:
+    """'file.py:LINE: code' where torch.export specialised a size to ``size``: the shape guard that fixed the
+    symbol, from the program's shape environment (torch internals: None when they are not there)."""
+    try:
+        env = next(v.fake_mode.shape_env for n in program.graph.nodes if n.op == "placeholder"
+                   for v in [n.meta.get("val")] if getattr(getattr(v, "fake_mode", None), "shape_env", None))
+        fixed = {s for s, value in env.replacements.items() if getattr(value, "is_Integer", False) and value == size}
+        for guard in env.guards:
+            if not (guard.expr.free_symbols & fixed):
+                continue
+            for frame in (guard.sloc.maybe_user_loc, guard.sloc.framework_loc):
+                if isinstance(frame, traceback.FrameSummary) and _is_user_file(frame.filename, roots):
+                    return f"{frame.filename}:{frame.lineno}: {(frame.line or '').strip()}"
+    except Exception:  # noqa: BLE001 - private torch structures; the error is still raised without a line
+        return None
+    return None
+
+
+def check_dynamic_axes(model: nn.Module, program: torch.export.ExportedProgram,
+                       example_inputs: Sequence[torch.Tensor]) -> None:
+    """Raise UnsupportedOpError when torch.export fixed a non-batch axis the toolkit asked to be dynamic (its
+    example size > 1) although the model runs eagerly at another size: e.g. ``int(x.shape[-1]) % m`` and a
+    Python ``if`` on it make the program accept the calibration crop's length only, and export, which runs the
+    program at its chunk length, would fail on torch's raw guard. An axis the model itself fixes (eagerly it
+    fails at other sizes too, e.g. the features a Linear takes) is fine, and so is a program with an op quantize()
+    refuses anyway (a float nn.GRU kernel fixes the frames too): that refusal names the cause."""
+    from compressor.ops.registry import record_for
+
+    if any(r is not None and not r.quantizable for n in program.graph.nodes if n.op == "call_function"
+           for r in [record_for(n.target)]):
+        return
+    names = list(program.graph_signature.user_inputs)
+    vals = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    for name, example in zip(names, example_inputs):
+        val = vals.get(name)
+        if not isinstance(example, torch.Tensor) or not isinstance(val, torch.Tensor):
+            continue
+        for axis in range(1, example.dim()):
+            size = example.shape[axis]
+            traced = val.shape[axis]  # an int, or a SymInt torch.export replaced by a constant
+            if size < 2 or not (isinstance(traced, int) or traced.node.maybe_as_int() is not None):
+                continue
+            other = _other_size_runs(model, example_inputs, example, axis)
+            if other is None:
+                continue
+            where = _guard_location(program, size, _library_roots())
+            at = f" at {where}" if where else " (source line unknown)"
+            raise UnsupportedOpError(
+                f"torch.export fixed axis {axis} of {type(model).__name__}'s input {name!r} to {size}: the traced "
+                f"program only accepts {size} samples there (the model itself runs at {other}){at} — the code "
+                "turns a size into a Python int (int(x.shape[-1]), a Python `if` on it); compute it from x.shape "
+                "branch-free (e.g. F.pad(x, [0, (-x.shape[-1]) % m])) so that every length traces"
+            )
+
+
+def _other_size_runs(model: nn.Module, example_inputs: Sequence[torch.Tensor], example: torch.Tensor,
+                     axis: int) -> int | None:
+    """A size other than the example's at which ``model`` runs eagerly along ``axis`` of ``example``, or None."""
+    size = example.shape[axis]
+    was_training = model.training
+    set_training(model, False)
+    try:
+        for other in dict.fromkeys(s for s in (size // 2, size + 1) if s >= 2 and s != size):
+            changed = [t.narrow(axis, 0, other) if t is example and other < size else
+                       torch.cat([t, t.narrow(axis, 0, other - size)], dim=axis) if t is example else t
+                       for t in example_inputs]
+            try:
+                with torch.no_grad():
+                    model(*changed)
+            except Exception:  # noqa: BLE001 - the model rejects that size: the axis is fixed by the model itself
+                continue
+            return other
+        return None
+    finally:
+        set_training(model, was_training)
