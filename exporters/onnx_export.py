@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -38,11 +39,53 @@ def torch_to_onnx(lowered: LoweredModel, example: torch.Tensor, path: Path) -> o
     with warnings.catch_warnings(), _quiet_torch_onnx():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(lowered.module, (example,), str(path), dynamo=True, opset_version=_opset(lowered),
-                              input_names=["audio_q"], verbose=False)
+            program = torch.onnx.export(lowered.module, (example,), dynamo=True, opset_version=_opset(lowered),
+                                        input_names=["audio_q"], verbose=False, optimize=False)
+            _optimize(program)
+            program.save(str(path))
         except Exception as exc:  # torch.onnx raises many types
             raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0]}") from exc
     return onnx.load(str(path))
+
+
+def _optimize(program: Any) -> None:
+    """torch.onnx's optimization (onnxscript's ``optimize_ir``: constant folding, rewrite rules, clean-up)
+    without its one rule that matches several output nodes, ``SlicesSplit``: it tries every pair of Slice
+    nodes of the graph, and an unrolled recurrence has thousands (4 gate slices per frame), so it took most
+    of an export (DPTNet at 0.5 s: ~20 of 23 min). Slices of one tensor stay Slices, which ORT runs as
+    moves between QDQ pairs; every other rule and pass runs as torch.onnx runs it."""
+    try:
+        import onnx_ir as ir
+        import onnx_ir.passes.common as common_passes
+        from onnxscript import rewriter
+        from onnxscript.optimizer import _constant_folding
+        rules = tuple(r for r in rewriter._DEFAULT_REWRITE_RULES if r._target_pattern.has_single_output_node)
+    except (ImportError, AttributeError):  # another onnxscript: its own optimizer, whatever it costs
+        log.debug("onnxscript internals not found; running torch.onnx's optimizer")
+        program.optimize()
+        return
+    ir.passes.Sequential(
+        common_passes.InlinePass(),
+        ir.passes.PassManager(
+            [
+                _constant_folding.FoldConstantsPass(
+                    shape_inference=True, input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                    output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+                    should_fold=lambda node: None),
+                rewriter.RewritePass(rules),
+                common_passes.RemoveUnusedNodesPass(),
+                common_passes.RemoveUnusedFunctionsPass(),
+                common_passes.RemoveUnusedOpsetsPass(),
+            ],
+            steps=2, early_stop=True),
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common_passes.LiftSubgraphInitializersToMainGraphPass(),
+        common_passes.DeduplicateInitializersPass(),
+        common_passes.CommonSubexpressionEliminationPass(),
+        common_passes.OutputFixPass(),
+        common_passes.NameFixPass(),
+    )(program.model)
 
 
 def _opset(lowered: LoweredModel) -> int:
@@ -51,14 +94,19 @@ def _opset(lowered: LoweredModel) -> int:
 
 
 class _quiet_torch_onnx:
-    """torch.onnx logs every step at INFO and prints progress; keep the CLI readable."""
+    """torch.onnx (and onnxscript's passes: a line per deduplicated initializer) log every step at INFO and
+    print progress; keep the CLI readable."""
+
+    _LOGGERS = ("torch.onnx", "onnx_ir", "onnxscript")
 
     def __enter__(self) -> None:
-        self._level = logging.getLogger("torch.onnx").level
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        self._levels = {name: logging.getLogger(name).level for name in self._LOGGERS}
+        for name in self._LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
     def __exit__(self, *exc: object) -> None:
-        logging.getLogger("torch.onnx").setLevel(self._level)
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 class _Graph:
@@ -69,6 +117,8 @@ class _Graph:
         self.graph = model.graph
         self.inits = {t.name: t for t in self.graph.initializer}
         self._counter = 0
+        self._constants: dict[str, onnx.NodeProto] | None = None  # output -> Constant node (rewrites add none)
+        self._by_content: dict[tuple, str] = {}  # initializers by dtype, shape and bytes (add_init)
 
     def producers(self) -> dict[str, onnx.NodeProto]:
         return {out: n for n in self.graph.node for out in n.output}
@@ -83,17 +133,31 @@ class _Graph:
     def const(self, name: str) -> np.ndarray | None:
         if name in self.inits:
             return numpy_helper.to_array(self.inits[name])
-        node = self.producers().get(name)
-        if node is not None and node.op_type == "Constant":
+        if self._constants is None:  # built once: a lookup per node made the rewrites quadratic
+            self._constants = {o: n for n in self.graph.node if n.op_type == "Constant" for o in n.output}
+        node = self._constants.get(name)
+        if node is not None and node.attribute and node.attribute[0].name == "value":
             return numpy_helper.to_array(node.attribute[0].t)
         return None
 
     def add_init(self, array: np.ndarray, hint: str) -> str:
+        """An initializer holding ``array``; one already added with the same content is reused (an unrolled
+        recurrence asks for the same zero-points, scales and bias codes once per frame)."""
+        array = np.asarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if not self._by_content:  # torch.onnx's own initializers too (the sigmoid grid's 1/256, a shared scale)
+            for t in self.graph.initializer:
+                value = numpy_helper.to_array(t)
+                self._by_content.setdefault((value.dtype.str, value.shape, value.tobytes()), t.name)
+        name = self._by_content.get(key)
+        if name is not None and name in self.inits:
+            return name
         self._counter += 1
         name = f"{hint}_{self._counter}"
         tensor = numpy_helper.from_array(array, name)
         self.graph.initializer.append(tensor)
-        self.inits[name] = tensor
+        self.inits[name] = self.graph.initializer[-1]
+        self._by_content[key] = name
         return name
 
     def prune(self) -> None:
@@ -104,12 +168,16 @@ class _Graph:
             if any(o in needed for o in node.output):
                 keep.append(node)
                 needed.update(i for i in node.input if i)
-        del self.graph.node[:]
-        self.graph.node.extend(reversed(keep))
-        unused = [t for t in self.graph.initializer if t.name not in needed]
-        for t in unused:
-            self.graph.initializer.remove(t)
-            self.inits.pop(t.name, None)
+        if len(keep) != len(self.graph.node):
+            del self.graph.node[:]
+            self.graph.node.extend(reversed(keep))
+            self._constants = None
+        if any(t.name not in needed for t in self.graph.initializer):
+            # rebuilt in one pass (removing one by one is quadratic in the number of initializers)
+            kept = [t for t in self.graph.initializer if t.name in needed]
+            del self.graph.initializer[:]
+            self.graph.initializer.extend(kept)
+            self.inits = {t.name: t for t in self.graph.initializer}
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -163,6 +231,7 @@ def int32_biases(g: _Graph) -> int:
     """Float bias of Conv/Gemm -> int32 codes + DequantizeLinear(s_in * s_w)."""
     producers = g.producers()
     rewritten = 0
+    before: dict[int, list[onnx.NodeProto]] = {}
     for node in list(g.graph.node):
         slot = _BIASED_OPS.get(node.op_type)
         if slot is None or len(node.input) <= slot or not node.input[slot]:
@@ -189,11 +258,17 @@ def int32_biases(g: _Graph) -> int:
         s_name = g.add_init(scale, node.name + "_bias_scale")
         z_name = g.add_init(np.zeros(scale.shape, np.int32), node.name + "_bias_zp")
         out = node.name + "_bias_dq"
-        dq = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out], axis=0, name=out)
-        index = list(g.graph.node).index(node)
-        g.graph.node.insert(index, dq)
+        before.setdefault(id(node), []).append(
+            helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out], axis=0, name=out))
         node.input[slot] = out
         rewritten += 1
+    if before:  # each DequantizeLinear right before its op, the node list rebuilt once
+        nodes = list(g.graph.node)
+        del g.graph.node[:]
+        for node in nodes:
+            g.graph.node.extend(before.get(id(node), []))
+            g.graph.node.append(node)
+        g._constants = None
     g.prune()
     return rewritten
 
@@ -326,24 +401,35 @@ def build_onnx(lowered: LoweredModel, example: torch.Tensor, metadata: DeployMet
     return model, stats
 
 
+_TENSOR_SESSION: dict[tuple, tuple[object, dict[str, str]]] = {}  # the last file's session (one entry)
+
+
 def intermediate_tensors(path: Path, names: list[str], codes: np.ndarray) -> dict[str, np.ndarray]:
     """The file's tensors for the lowered graph's quantize nodes ``names``, for one input.
 
     torch.onnx re-traces the lowered graph, which renames ``quantize_per_tensor_default_7``
-    to ``quantize_per_tensor_7``; the tensors become extra graph outputs.
+    to ``quantize_per_tensor_7``; the tensors become extra graph outputs. The session is
+    kept for the next input of the same file (the verification asks once per chunk; building
+    it is most of the time for a large unrolled graph).
     """
     import onnxruntime as ort
 
-    model = onnx.load(str(path))
-    produced = {o for n in model.graph.node for o in n.output}
-    onnx_name = {name: name.replace("_default", "") for name in names}
-    wanted = {name: onnx_name[name] for name in names if onnx_name[name] in produced}
-    existing = {o.name for o in model.graph.output}
-    for value in wanted.values():
-        if value not in existing:
-            model.graph.output.append(helper.make_empty_tensor_value_info(value))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    stat = Path(path).stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(names))
+    if key not in _TENSOR_SESSION:
+        _TENSOR_SESSION.clear()
+        model = onnx.load(str(path))
+        produced = {o for n in model.graph.node for o in n.output}
+        onnx_name = {name: name.replace("_default", "") for name in names}
+        wanted = {name: onnx_name[name] for name in names if onnx_name[name] in produced}
+        existing = {o.name for o in model.graph.output}
+        for value in wanted.values():
+            if value not in existing:
+                model.graph.output.append(helper.make_empty_tensor_value_info(value))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        _TENSOR_SESSION[key] = (session, wanted)
+    session, wanted = _TENSOR_SESSION[key]
     values = session.run(list(wanted.values()), {session.get_inputs()[0].name: codes})
     return dict(zip(wanted, values))

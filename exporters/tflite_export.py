@@ -14,6 +14,7 @@ import logging
 import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Callable
 
 import flatbuffers
 import numpy as np
@@ -353,6 +354,52 @@ def xnnpack_coverage(path_or_bytes: Path | bytes, threads: int = 1) -> dict[str,
     return {"partitions": len(partitions), "ops": len(original), "undelegated": left}
 
 
+class FileTensor(np.ndarray):
+    """A tensor of the file, with where it sits: ``index`` (its tensor index) and ``sources`` (the computed,
+    not moved, tensors that the op producing it reads through data movement, and for a moved tensor also
+    those the op computing its values reads)."""
+
+    index: int = -1
+    sources: frozenset = frozenset()
+
+
+def _move_sources(interp) -> Callable[[int], frozenset]:
+    """tensor index -> the computed tensors its producer reads (through data movement: reshapes, slices,
+    concatenations ...); constants are left out."""
+    from compressor.ops.registry import moving_ops
+
+    moves = moving_ops() | {"QUANTIZE"}  # a requantization the converter inserts moves values to another grid
+    producer = {t: op for op in interp._get_ops_details() for t in op["outputs"]}
+    constant = {t["index"] for t in interp.get_tensor_details() if t["index"] not in producer}
+    constant -= {d["index"] for d in interp.get_input_details()}
+    seen: dict[int, frozenset] = {}
+
+    def through(t: int) -> frozenset:
+        # the computed tensors behind t: t itself, or, for a moved tensor, what was moved
+        if t in seen:
+            return seen[t]
+        op = producer.get(t)
+        if op is None or op["op_name"] not in moves:
+            found = frozenset() if t in constant else frozenset([t])
+        else:
+            found = frozenset().union(*(through(i) for i in op["inputs"] if i >= 0))
+        seen[t] = found
+        return found
+
+    def read_by(t: int) -> frozenset:
+        op = producer.get(t)
+        if op is None:
+            return frozenset()
+        return frozenset().union(*(through(i) for i in op["inputs"] if i >= 0))
+
+    def sources(t: int) -> frozenset:
+        # what its own op reads (the frames a concatenation stacks) and, for a moved tensor, what the op
+        # computing the moved values read (a transposed copy of an op's output)
+        return read_by(t).union(*(read_by(o) for o in through(t)))
+
+    return sources
+
+
 def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], codes) -> dict[str, list[np.ndarray]]:
     """The file's int8 (and int16) tensors that may be the lowered graph's quantize nodes, for one input.
 
@@ -360,7 +407,10 @@ def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], 
     matched by its qparams and size (``wanted``: name -> (scale, zero_point,
     size)). Those are unique per quantizer but for tensors that share one
     (PReLU's two branches, concat inputs, a variance before and after its
-    floor): each name gets every candidate, and the caller picks by value.
+    floor, every frame of an unrolled recurrence): each name gets every
+    candidate, as a ``FileTensor`` that says which tensor it is and which
+    computed tensors its op reads, and the caller picks (``verify.op_parity``:
+    by those inputs, then by value).
     Runs the builtin reference kernels (XNNPACK keeps no intermediate tensors).
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -370,6 +420,7 @@ def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], 
     interp.allocate_tensors()
     interp.set_tensor(interp.get_input_details()[0]["index"], codes)
     interp.invoke()
+    sources = _move_sources(interp)
     pool: dict[tuple, list[int]] = {}
     for t in interp.get_tensor_details():
         scale, zero_point = t["quantization"]
@@ -377,10 +428,17 @@ def intermediate_tensors(path: Path, wanted: dict[str, tuple[float, int, int]], 
             key = (round(float(scale), 9), int(zero_point), int(np.prod(t["shape"])))
             pool.setdefault(key, []).append(t["index"])
     found: dict[str, list[np.ndarray]] = {}
+    tensors: dict[int, FileTensor | None] = {}
     for name, (scale, zero_point, size) in wanted.items():
         for index in pool.get((round(float(scale), 9), int(zero_point), int(size)), []):
-            try:
-                found.setdefault(name, []).append(interp.get_tensor(index).copy())
-            except ValueError:  # a tensor the interpreter did not keep
-                pass
+            if index not in tensors:
+                try:
+                    tensor = interp.get_tensor(index).copy().view(FileTensor)
+                except ValueError:  # a tensor the interpreter did not keep
+                    tensor = None
+                else:
+                    tensor.index, tensor.sources = index, sources(index)
+                tensors[index] = tensor
+            if tensors[index] is not None:
+                found.setdefault(name, []).append(tensors[index])
     return found

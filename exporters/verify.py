@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from compressor.ops.registry import record_for
 from compressor.quant.graph import module_path, op_kind
 from compressor.quant.model import QuantizedModel
 from exporters.io_processing import decode
@@ -165,8 +166,61 @@ def closest(candidates: Sequence[np.ndarray], want: np.ndarray, zero_shift: int 
     return best
 
 
+def _quantized_inputs(n: fx.Node) -> list[fx.Node]:
+    """The activation quantize nodes the op computing ``n`` (a quantize node) reads, through dequantize and
+    data movement (``stack`` of an unrolled recurrence's frames: each frame's quantize node)."""
+    found: list[fx.Node] = []
+    seen: set[fx.Node] = set()
+
+    def walk(value: Any, depth: int) -> None:
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, depth)
+            return
+        if not isinstance(value, fx.Node) or value in seen or depth > 64:
+            return
+        seen.add(value)
+        if _activation_quantize(value):
+            found.append(value)
+            return
+        if value.op != "call_function":
+            return
+        moved = value.target in (qd.dequantize_per_tensor.default, qd.quantize_per_tensor.default)
+        record = record_for(value.target)
+        if moved or (record is not None and record.kind == "move"):
+            walk(list(value.args), depth + 1)
+
+    source = n.args[0]
+    if isinstance(source, fx.Node) and source.op == "call_function":
+        walk(list(source.args), 0)
+    return found
+
+
+def _pick(candidates: Sequence[np.ndarray], want: np.ndarray, zero_shift: int,
+          read: frozenset) -> tuple[np.ndarray | None, int]:
+    """``closest`` and the file's index of the tensor it took (-1: unknown), preferring the file tensors
+    computed from the file tensors ``read`` (those picked for the op's inputs): in an unrolled recurrence
+    every frame's tensor has the same qparams and size, and another frame's state or saturated gate may be
+    as near by value as the right one; taking it would feed the next ops another frame's values."""
+    if read:
+        overlap = [len(read & getattr(c, "sources", frozenset())) for c in candidates]
+        most = max(overlap, default=0)
+        if most:
+            candidates = [c for c, k in zip(candidates, overlap) if k == most]
+    best, best_err, index = None, None, -1
+    for have in candidates:
+        view = closest([have], want, zero_shift)
+        if view is None:
+            continue
+        err = int(np.abs(view - want.astype(np.int32)).max())
+        if best_err is None or err < best_err:
+            best, best_err, index = view, err, int(getattr(have, "index", -1))
+    return best, index
+
+
 def op_parity(lowered: LoweredModel, file_tensors: Callable[[np.ndarray], dict[str, list[np.ndarray]]],
-              input_codes: Sequence[np.ndarray], float_input: bool, zero_shift: int = 0) -> dict[str, dict[str, Any]]:
+              input_codes: Sequence[np.ndarray], float_input: bool, zero_shift: int = 0,
+              picked: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
     """Each int8 op of the file against the lowered graph fed with the file's own tensors.
 
     ``file_tensors(codes)``: the file's candidate tensors per quantize-node name
@@ -174,7 +228,10 @@ def op_parity(lowered: LoweredModel, file_tensors: Callable[[np.ndarray], dict[s
     its inputs; its output is compared with the file's and then replaced by
     it, so each row measures one op, not the drift accumulated before it.
     Returns name -> {max_lsb, mean_lsb} in graph order (names the file
-    lacks are left out).
+    lacks are left out). Where candidates say which file tensor they are
+    (``tflite_export.FileTensor``), one computed from the tensors picked for
+    the op's inputs is preferred, and ``picked`` (if given) receives
+    name -> file tensor index for the last input.
     """
     rows: dict[str, dict[str, Any]] = {}
 
@@ -182,15 +239,19 @@ def op_parity(lowered: LoweredModel, file_tensors: Callable[[np.ndarray], dict[s
         def __init__(self, module: fx.GraphModule, found: dict[str, list[np.ndarray]]) -> None:
             super().__init__(module)
             self.found = found
+            self.picked: dict[fx.Node, int] = {}  # quantize node -> index of the file tensor forced for it
 
         def run_node(self, n: fx.Node) -> Any:
             result = super().run_node(n)
             if not _activation_quantize(n) or n.name not in self.found:
                 return result
             want = result.detach().numpy()
-            have = closest(self.found[n.name], want, zero_shift)
+            read = frozenset(self.picked[q] for q in _quantized_inputs(n) if q in self.picked)
+            have, index = _pick(self.found[n.name], want, zero_shift, read)
             if have is None:
                 return result
+            if index >= 0:
+                self.picked[n] = index
             diff = np.abs(have - want.astype(np.int32))
             row = rows.setdefault(n.name, {"max_lsb": 0, "mean_lsb": 0.0, "inputs": 0})
             row["max_lsb"] = max(row["max_lsb"], int(diff.max()))
@@ -201,7 +262,10 @@ def op_parity(lowered: LoweredModel, file_tensors: Callable[[np.ndarray], dict[s
 
     for codes in input_codes:
         with torch.no_grad():
-            Forced(lowered.module, file_tensors(codes)).run(_graph_input(lowered, as_int8(codes, zero_shift), float_input))
+            forced = Forced(lowered.module, file_tensors(codes))
+            forced.run(_graph_input(lowered, as_int8(codes, zero_shift), float_input))
+        if picked is not None:
+            picked.update({n.name: index for n, index in forced.picked.items()})
     for row in rows.values():
         row["mean_lsb"] = round(row.pop("mean_lsb") / max(row.pop("inputs"), 1), 4)
     return rows
