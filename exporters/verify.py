@@ -198,24 +198,28 @@ def _quantized_inputs(n: fx.Node) -> list[fx.Node]:
 
 def _pick(candidates: Sequence[np.ndarray], want: np.ndarray, zero_shift: int,
           read: frozenset) -> tuple[np.ndarray | None, int]:
-    """``closest`` and the file's index of the tensor it took (-1: unknown), preferring the file tensors
-    computed from the file tensors ``read`` (those picked for the op's inputs): in an unrolled recurrence
-    every frame's tensor has the same qparams and size, and another frame's state or saturated gate may be
-    as near by value as the right one; taking it would feed the next ops another frame's values."""
-    if read:
-        overlap = [len(read & getattr(c, "sources", frozenset())) for c in candidates]
-        most = max(overlap, default=0)
-        if most:
-            candidates = [c for c, k in zip(candidates, overlap) if k == most]
-    best, best_err, index = None, None, -1
+    """``closest`` and the file's index of the tensor it took (-1: unknown). In an unrolled recurrence every
+    frame's tensor has the same qparams and size, and another frame's state or saturated gate may be as near
+    by value as the right one; taking it would feed the next ops another frame's values. So among the
+    candidates computed from the file tensors ``read`` (those picked for the op's inputs), the nearest is
+    taken when it is within ``PICK_TOLERANCE_LSB``; otherwise (the file computes the op from other tensors,
+    e.g. a mask folded into a constant) the nearest of all."""
+    scored = []
     for have in candidates:
         view = closest([have], want, zero_shift)
-        if view is None:
-            continue
-        err = int(np.abs(view - want.astype(np.int32)).max())
-        if best_err is None or err < best_err:
-            best, best_err, index = view, err, int(getattr(have, "index", -1))
-    return best, index
+        if view is not None:
+            overlap = len(read & getattr(have, "sources", frozenset())) if read else 0
+            scored.append((int(np.abs(view - want.astype(np.int32)).max()), -overlap, view, have))
+    if not scored:
+        return None, -1
+    most = min(s[1] for s in scored)
+    preferred = [s for s in scored if s[1] == most and s[0] <= PICK_TOLERANCE_LSB] if most < 0 else []
+    err, _, view, have = min(preferred or scored, key=lambda s: (s[0], s[1]))
+    return view, int(getattr(have, "index", -1))
+
+
+#: How far (LSB) a candidate computed from the op's own input tensors may be and still be preferred to a nearer one.
+PICK_TOLERANCE_LSB = 1
 
 
 def op_parity(lowered: LoweredModel, file_tensors: Callable[[np.ndarray], dict[str, list[np.ndarray]]],

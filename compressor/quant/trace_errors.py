@@ -188,12 +188,13 @@ def _guard_location(program: torch.export.ExportedProgram, size: int, roots: tup
 
 def check_dynamic_axes(model: nn.Module, program: torch.export.ExportedProgram,
                        example_inputs: Sequence[torch.Tensor]) -> None:
-    """Raise UnsupportedOpError when torch.export fixed a non-batch axis the toolkit asked to be dynamic (its
-    example size > 1) although the model runs eagerly at another size: e.g. ``int(x.shape[-1]) % m`` and a
+    """Raise UnsupportedOpError when torch.export fixed the last (time) axis of an input, which the toolkit asked
+    to be dynamic (its example size > 1), although the model runs eagerly at another size: e.g. ``int(x.shape[-1]) % m`` and a
     Python ``if`` on it make the program accept the calibration crop's length only, and export, which runs the
     program at its chunk length, would fail on torch's raw guard. An axis the model itself fixes (eagerly it
     fails at other sizes too, e.g. the features a Linear takes) is fine, and so is a program with an op quantize()
-    refuses anyway (a float nn.GRU kernel fixes the frames too): that refusal names the cause."""
+    refuses anyway (a float nn.GRU kernel fixes the frames too): that refusal names the cause. Only a guard
+    that torch places on a line of the user's code is refused; one from torch's or the toolkit's ops is not."""
     from compressor.ops.registry import record_for
 
     if any(r is not None and not r.quantizable for n in program.graph.nodes if n.op == "call_function"
@@ -205,7 +206,8 @@ def check_dynamic_axes(model: nn.Module, program: torch.export.ExportedProgram,
         val = vals.get(name)
         if not isinstance(example, torch.Tensor) or not isinstance(val, torch.Tensor):
             continue
-        for axis in range(1, example.dim()):
+        for axis in range(max(1, example.dim() - 1), example.dim()):  # the time axis: channels or a frame
+            # size the model reshapes to may be fixed by design, and an eager run at another size can pass by luck
             size = example.shape[axis]
             traced = val.shape[axis]  # an int, or a SymInt torch.export replaced by a constant
             if size < 2 or not (isinstance(traced, int) or traced.node.maybe_as_int() is not None):
@@ -214,7 +216,9 @@ def check_dynamic_axes(model: nn.Module, program: torch.export.ExportedProgram,
             if other is None:
                 continue
             where = _guard_location(program, size, _library_roots())
-            at = f" at {where}" if where else " (source line unknown)"
+            if where is None:  # fixed inside torch's or the toolkit's own ops (a pooling's guard): exported at
+                continue       # the program's length, as before this check; only a line of the user's code is refused
+            at = f" at {where}"
             raise UnsupportedOpError(
                 f"torch.export fixed axis {axis} of {type(model).__name__}'s input {name!r} to {size}: the traced "
                 f"program only accepts {size} samples there (the model itself runs at {other}){at} — the code "
