@@ -196,6 +196,10 @@ def _quantized_inputs(n: fx.Node) -> list[fx.Node]:
     return found
 
 
+#: How far (LSB) a candidate computed from the op's own input tensors may be and still be preferred to a nearer one.
+PICK_TOLERANCE_LSB = 1
+
+
 def _pick(candidates: Sequence[np.ndarray], want: np.ndarray, zero_shift: int,
           read: frozenset) -> tuple[np.ndarray | None, int]:
     """``closest`` and the file's index of the tensor it took (-1: unknown). In an unrolled recurrence every
@@ -214,12 +218,8 @@ def _pick(candidates: Sequence[np.ndarray], want: np.ndarray, zero_shift: int,
         return None, -1
     most = min(s[1] for s in scored)
     preferred = [s for s in scored if s[1] == most and s[0] <= PICK_TOLERANCE_LSB] if most < 0 else []
-    err, _, view, have = min(preferred or scored, key=lambda s: (s[0], s[1]))
+    _, _, view, have = min(preferred or scored, key=lambda s: (s[0], s[1]))
     return view, int(getattr(have, "index", -1))
-
-
-#: How far (LSB) a candidate computed from the op's own input tensors may be and still be preferred to a nearer one.
-PICK_TOLERANCE_LSB = 1
 
 
 def op_parity(lowered: LoweredModel, file_tensors: Callable[[np.ndarray], dict[str, list[np.ndarray]]],

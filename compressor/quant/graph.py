@@ -430,7 +430,7 @@ def averaged_square(node: fx.Node) -> bool:
     """``x * x`` whose every use is a mean (through its quantizer once inserted): a norm's variance, an RMS."""
     if node.op != "call_function" or op_kind(node) != "mul" or len(node.args) != 2 or node.args[0] is not node.args[1]:
         return False
-    users = [u for u in node.users]
+    users = list(node.users)
     while any(_is_quantizer_call(u) for u in users):
         users = [v for u in users for v in (u.users if _is_quantizer_call(u) else [u])]
     return bool(users) and all(u.op == "call_function" and op_kind(u) == "mean" for u in users)
@@ -509,14 +509,14 @@ def statistic_quantizers(gm: fx.GraphModule) -> set[str]:
 
 def _strip_quant(node: Any) -> Any:
     """The node a quantizer call wraps (inputs were rewired to quantizer calls)."""
-    while isinstance(node, fx.Node) and node.op == "call_module" and str(node.target).startswith(QUANTIZER_ROOT):
+    while isinstance(node, fx.Node) and _is_quantizer_call(node):
         node = node.args[0]
     return node
 
 
 def quantizer_at(gm: fx.GraphModule, node: Any) -> nn.Module | None:
     """The quantizer module a graph node calls, or None when the node is not a quantizer."""
-    if isinstance(node, fx.Node) and node.op == "call_module" and str(node.target).startswith(f"{QUANTIZER_ROOT}."):
+    if isinstance(node, fx.Node) and _is_quantizer_call(node):
         return gm.get_submodule(str(node.target))
     return None
 

@@ -212,12 +212,12 @@ def check_dynamic_axes(model: nn.Module, program: torch.export.ExportedProgram,
             traced = val.shape[axis]  # an int, or a SymInt torch.export replaced by a constant
             if size < 2 or not (isinstance(traced, int) or traced.node.maybe_as_int() is not None):
                 continue
-            other = _other_size_runs(model, example_inputs, example, axis)
-            if other is None:
-                continue
             where = _guard_location(program, size, _library_roots())
             if where is None:  # fixed inside torch's or the toolkit's own ops (a pooling's guard): exported at
                 continue       # the program's length, as before this check; only a line of the user's code is refused
+            other = _other_size_runs(model, example_inputs, example, axis)  # an eager run: only when it may matter
+            if other is None:
+                continue
             at = f" at {where}"
             raise UnsupportedOpError(
                 f"torch.export fixed axis {axis} of {type(model).__name__}'s input {name!r} to {size}: the traced "
