@@ -239,7 +239,8 @@ def _file_tensors(lowered: LoweredModel, file: Path, cfg: ExportConfig, example_
     """codes -> the file's candidate int8 tensors per quantize node of ``lowered``."""
     expected = lowered_tensors(lowered, as_int8(example_codes, shift), float_input=(cfg.target == "tflite"))
     if cfg.target == "onnx":
-        return lambda codes: {k: [v] for k, v in onnx_export.intermediate_tensors(file, list(expected), codes).items()}
+        names = {k: v for k, v in onnx_export.onnx_tensor_names(lowered).items() if k in expected}
+        return lambda codes: {k: [v] for k, v in onnx_export.intermediate_tensors(file, names, codes).items()}
     wanted = qparams_of(lowered, list(expected), expected)
     return lambda codes: tflite_export.intermediate_tensors(file, wanted, codes)
 

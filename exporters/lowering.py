@@ -23,6 +23,15 @@ computing the same integers (DESIGN.md, "int8 forms of audio ops"):
   Each output sample sums exactly the same int8 products, so it is exact
   (both runtimes run ConvTranspose/TRANSPOSE_CONV itself in float:
   benchmarks/results/ops/conv_transpose2d.md).
+- ``mean(x * x)`` of a square with no quantizer (precision.ACCUMULATOR_BITS,
+  a norm's variance by default) -> one int8 matmul of x with itself: each
+  mean is a row times a column of x, so the int32 accumulator holds the sum
+  of the exact squares; its output is quantized on N x the mean's scale
+  (the same codes as the mean's) and a multiply by 1/N (code 1 on scale 1/N,
+  an exact requantization) puts them on the mean's grid. One rounding, where
+  the simulation rounds the exact mean (ties aside). The sum overflows int32
+  only for a variance far beyond its grid: refused unless it is at least
+  ``ACCUMULATOR_HEADROOM`` x the grid's top.
 - an elementwise op written twice on the same inputs but quantized on two
   grids (``x - m`` twice in a hand-written norm) -> the second on views with
   a leading unit dim, and ``x * x`` of a tensor the converter writes as a
@@ -46,7 +55,7 @@ import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.
 from torch import fx, nn
 
 from compressor.errors import ExportError
-from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, quantizer_at, source_location
+from compressor.quant.graph import (QUANTIZER_ROOT, averaged_square, get_attr_value, quantizer_at, source_location)
 from compressor.quant.model import QuantizedModel
 from compressor.ops.registry import record_for, target_op
 from compressor.recurrent.cells import gru_step, lstm_step
@@ -103,9 +112,16 @@ def _io_qparams(q: nn.Module, node: fx.Node, what: str) -> TensorQParams:
     return p
 
 
+# An int32 sum of squares may only overflow for a variance this many times the top of the mean's grid.
+ACCUMULATOR_HEADROOM = 2.0
+
+
 class _Lowerer:
-    def __init__(self, qmodel: QuantizedModel, int8_io: bool) -> None:
+    def __init__(self, qmodel: QuantizedModel, int8_io: bool, input_shape: Sequence[int] | None = None) -> None:
         self.int8_io = int8_io
+        self.source = qmodel.graph_module
+        self.input_shape = input_shape
+        self.shapes: dict[str, tuple[int, ...]] | None = None  # node name -> shape for input_shape, when needed
         self.gm = copy.deepcopy(qmodel.graph_module)
         self.graph = self.gm.graph
         self.rewrites: dict[str, int] = {}
@@ -152,6 +168,7 @@ class _Lowerer:
         self.lower_batched_linear()
         self.lower_conv_transpose()
         self.lower_weights_and_biases()
+        self.lower_accumulated_squares()
         inputs = self.lower_inputs() if self.int8_io else self.input_qparams()
         self.keep_ops_apart()
         self.lower_activations()
@@ -266,6 +283,73 @@ class _Lowerer:
             inputs = [a for a in node.all_input_nodes]
             self.graph.erase_node(node)
             node = inputs[0] if len(inputs) == 1 else None
+
+    def shape_of(self, node: fx.Node) -> list[int]:
+        val = _meta_val(node)
+        if val is not None and all(isinstance(d, int) for d in val.shape):
+            return [int(d) for d in val.shape]
+        if self.shapes is None and self.input_shape is not None:
+            self.shapes = _shapes_for(self.source, self.input_shape)
+        if node.name in (self.shapes or {}):
+            return list(self.shapes[node.name])
+        raise ExportError(f"{node.name} at {source_location(node)}: its shape is not known for this file's input; "
+                          "export with the input shape given")
+
+    def lower_accumulated_squares(self) -> None:
+        """mean(x * x) with no quantizer on the square -> bmm(x as rows, x as columns) / N (module docstring)."""
+        for square in list(self.graph.nodes):
+            if not averaged_square(square) or any(self.quantizer(u) is not None for u in square.users):
+                continue
+            x = square.args[0]
+            source = _grid_source(self.gm, x)
+            if source is None or _activation_qparams(self.quantizer(source)).dtype != torch.int8:
+                raise ExportError(f"{square.name} at {source_location(square)}: the squares summed in a matmul "
+                                  "need an 8-bit input; quantize with --precision '*:variance=a16' instead")
+            p_x = _activation_qparams(self.quantizer(source))
+            shape = self.shape_of(x)
+            for mean in list(square.users):
+                self.mean_as_matmul(mean, x, shape, p_x)
+            self.graph.erase_node(square)
+
+    def mean_as_matmul(self, mean: fx.Node, x: fx.Node, shape: list[int], p_x: TensorQParams) -> None:
+        rank = len(shape)
+        dims = mean.args[1] if len(mean.args) > 1 and mean.args[1] is not None else list(range(rank))
+        keepdim = bool(mean.args[2] if len(mean.args) > 2 else mean.kwargs.get("keepdim", False))
+        reduced = sorted({int(d) % rank for d in dims})
+        kept = [d for d in range(rank) if d not in reduced]
+        rows, count = math.prod(shape[d] for d in kept), math.prod(shape[d] for d in reduced)
+        p_mean = _output_grid(self.gm, mean)
+        where = f"{mean.name} at {source_location(mean)}"
+        if p_mean is None or p_mean.dtype != torch.int8:
+            raise ExportError(f"{where}: a mean of squares summed in a matmul needs an 8-bit output grid; "
+                              "quantize with --precision '*:variance=a16' instead")
+        worst = max(p_x.qmax - p_x.zero_point, p_x.zero_point - p_x.qmin) ** 2 * count
+        if worst > 2 ** 31 - 1:
+            overflow_at = (2 ** 31 - 1) * p_x.scale ** 2 / count  # the mean whose int32 sum no longer fits
+            top = p_mean.scale * (p_mean.qmax - p_mean.zero_point)
+            if overflow_at < ACCUMULATOR_HEADROOM * top:
+                raise ExportError(f"{where}: the int32 sum of {count} squares overflows at a mean of "
+                                  f"{overflow_at:.4g}, within {ACCUMULATOR_HEADROOM:g}x its grid's top {top:.4g}; "
+                                  "quantize with --precision '*:variance=a16' instead")
+        out_shape = [shape[d] if d in kept else 1 for d in range(rank)] if keepdim else [shape[d] for d in kept]
+        g = self.graph
+        with g.inserting_before(mean):
+            flat = x if kept + reduced == list(range(rank)) else g.call_function(aten.permute.default,
+                                                                                 (x, kept + reduced))
+            as_rows = g.call_function(aten.reshape.default, (flat, [rows, 1, count]))
+            as_columns = g.call_function(aten.reshape.default, (flat, [rows, count, 1]))
+            sums = g.call_function(aten.reshape.default, (g.call_function(aten.bmm.default, (as_rows, as_columns)),
+                                                          out_shape))
+            # the sums on N x the mean's scale: the codes the mean's grid gives their mean
+            sum_grid = (p_mean.scale * count, p_mean.zero_point, p_mean.qmin, p_mean.qmax, p_mean.dtype)
+            sums = g.call_function(qd.dequantize_per_tensor.default,
+                                   (g.call_function(qd.quantize_per_tensor.default, (sums, *sum_grid)), *sum_grid))
+            inverse = self.quantized_constant(torch.ones(1), 1.0 / count, None, -128, 127, torch.int8, "inv_count")
+            out = g.call_function(aten.mul.Tensor, (sums, inverse))
+        out.meta = dict(mean.meta)
+        mean.replace_all_uses_with(out)
+        g.erase_node(mean)
+        self.count("mean(x * x) -> int8 matmul of x with itself (int32 sums)")
 
     def lower_batched_linear(self) -> None:
         """linear on (..., in) -> reshape to (N, in), linear, reshape back.
@@ -809,7 +893,25 @@ def lower(qmodel: QuantizedModel, int8_io: bool = True, input_shape: Sequence[in
     if recurrences and input_shape is not None:
         with torch.no_grad():
             qmodel(torch.zeros(list(input_shape)))  # each recurrence notes its frames and batch
-    return _Lowerer(qmodel, int8_io).run()
+    return _Lowerer(qmodel, int8_io, input_shape).run()
+
+
+def _shapes_for(gm: fx.GraphModule, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Each node's shape for the file's input (a model with one input; else none)."""
+    if sum(n.op == "placeholder" for n in gm.graph.nodes) != 1:
+        return {}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            value = super().run_node(n)
+            if isinstance(value, torch.Tensor):
+                shapes[n.name] = tuple(value.shape)
+            return value
+
+    with torch.no_grad():
+        _Recorder(gm).run(torch.zeros(list(input_shape)))
+    return shapes
 
 
 def _strip_quantizer(node: fx.Node) -> fx.Node:

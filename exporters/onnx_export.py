@@ -404,24 +404,32 @@ def build_onnx(lowered: LoweredModel, example: torch.Tensor, metadata: DeployMet
 _TENSOR_SESSION: dict[tuple, tuple[object, dict[str, str]]] = {}  # the last file's session (one entry)
 
 
-def intermediate_tensors(path: Path, names: list[str], codes: np.ndarray) -> dict[str, np.ndarray]:
-    """The file's tensors for the lowered graph's quantize nodes ``names``, for one input.
+def onnx_tensor_names(lowered: LoweredModel) -> dict[str, str]:
+    """Each per-tensor quantize node of the lowered graph -> the name of its tensor in the ONNX file.
 
-    torch.onnx re-traces the lowered graph, which renames ``quantize_per_tensor_default_7``
-    to ``quantize_per_tensor_7``; the tensors become extra graph outputs. The session is
-    kept for the next input of the same file (the verification asks once per chunk; building
-    it is most of the time for a large unrolled graph).
+    torch.onnx re-traces the lowered graph and names its quantize ops afresh in graph order
+    (``quantize_per_tensor``, ``quantize_per_tensor_1``, ...), whatever order the lowering created them in.
+    """
+    nodes = [n.name for n in lowered.module.graph.nodes
+             if n.op == "call_function" and n.target == torch.ops.quantized_decomposed.quantize_per_tensor.default]
+    return {name: "quantize_per_tensor" + (f"_{i}" if i else "") for i, name in enumerate(nodes)}
+
+
+def intermediate_tensors(path: Path, onnx_names: dict[str, str], codes: np.ndarray) -> dict[str, np.ndarray]:
+    """The file's tensors for the lowered graph's quantize nodes (``onnx_tensor_names``), for one input.
+
+    The tensors become extra graph outputs. The session is kept for the next input of the same file (the
+    verification asks once per chunk; building it is most of the time for a large unrolled graph).
     """
     import onnxruntime as ort
 
     stat = Path(path).stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(names))
+    key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(onnx_names.items()))
     if key not in _TENSOR_SESSION:
         _TENSOR_SESSION.clear()
         model = onnx.load(str(path))
         produced = {o for n in model.graph.node for o in n.output}
-        onnx_name = {name: name.replace("_default", "") for name in names}
-        wanted = {name: onnx_name[name] for name in names if onnx_name[name] in produced}
+        wanted = {name: value for name, value in onnx_names.items() if value in produced}
         existing = {o.name for o in model.graph.output}
         for value in wanted.values():
             if value not in existing:

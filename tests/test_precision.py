@@ -101,7 +101,7 @@ def test_a_16_bit_tensor_is_symmetric_and_finer_in_the_simulation():
 def test_rules_survive_the_json_round_trip_checkpoints_and_file_metadata_use():
     config = QuantConfig(overrides=precision_overrides(["b=a16"]))
     restored = QuantConfig.from_dict(config.to_dict())
-    assert restored == config and restored.overrides[0].activation_bits == 16
+    assert restored == config and restored.overrides[-1].activation_bits == 16
 
 
 def test_onnx_file_holds_int16_and_matches_the_simulation(tmp_path):

@@ -9,7 +9,7 @@ from torch import nn
 from compressor.checkpoint import ArchSpec, load_model, save_quantized
 from compressor.errors import ConfigError
 from compressor.quant import QuantConfig, calibrate, quantize
-from compressor.quant.precision import PrecisionOverride, precision_overrides
+from compressor.quant.precision import DEFAULT_RULES, PrecisionOverride, precision_overrides
 
 pytestmark = pytest.mark.usefixtures("eager_fake_quant")
 
@@ -55,11 +55,11 @@ def test_rules_parse_validate_and_round_trip_through_json():
     config = QuantConfig(overrides=precision_overrides(["b=a16", "#act_x=scale=0.25,zp=-128",
                                                        "*:input=scale=0.5,zp=0,learn"]))
     restored = QuantConfig.from_dict(config.to_dict())
-    assert restored == config and restored.overrides[1].zero_point == -128 and restored.overrides[2].learn_qparams
+    assert restored == config and restored.overrides[-2].zero_point == -128 and restored.overrides[-1].learn_qparams
     # a rule without fixed qparams is written as before, and configs from before the fields existed load
     old = {"module": "b", "op": "*", "tensor": "*", "activation_bits": 16, "weight_bits": None, "per_channel": None}
-    assert config.overrides[0].to_dict() == old
-    assert PrecisionOverride.from_dict(old) == config.overrides[0] and config.overrides[0].scale is None
+    assert config.overrides[-3].to_dict() == old
+    assert PrecisionOverride.from_dict(old) == config.overrides[-3] and config.overrides[-3].scale is None
 
 
 def test_fixed_qparams_survive_calibration_and_qat_steps():
@@ -97,7 +97,7 @@ def test_rules_that_cannot_hold_are_refused_naming_the_rule():
         qmodel.add_overrides([PrecisionOverride(tensor="act_x", activation_bits=16)])
     rule = PrecisionOverride(tensor="act_x", scale=0.125, zero_point=0)
     assert qmodel.add_overrides([rule]) == ["act_x"] and qmodel.add_overrides([rule]) == []  # added once
-    assert qmodel.config.overrides == (rule,) and qmodel.quantizers()["act_x"].pinned
+    assert qmodel.config.overrides == DEFAULT_RULES + (rule,) and qmodel.quantizers()["act_x"].pinned
 
 
 def test_checkpoints_keep_the_rule_and_old_ones_load_the_same(tmp_path):
@@ -167,7 +167,8 @@ def test_ptq_level_stage_input_grid_is_the_rule_and_as_before(tmp_path):
     name = io_quantizers(qmodel)[0][0]
     q = qmodel.quantizers()[name]
     assert q.pinned and q.qparams() == (f32(stage.target_peak / 126), 0)
-    assert qmodel.config.overrides == (PrecisionOverride(tensor=name, scale=stage.target_peak / 126, zero_point=0),)
+    assert qmodel.config.overrides == DEFAULT_RULES + (
+        PrecisionOverride(tensor=name, scale=stage.target_peak / 126, zero_point=0),)
     # what PTQ computed before the rule: calibrate through the stage, then write the input grid over the result
     reference = quantize(_Equivariant(), example_input(_Items()), recipe.config.quant_config())
     calibrate(reference, at_level(list(calibration_batches(_Items(), 2, 2, 0)), stage), "mse")
@@ -195,6 +196,6 @@ def test_fqse_split_input_is_a_rule_of_its_quant_config():
     from compressor.fqse.io_codec import SPLIT_SCALE
     from compressor.recipes.fqse import FQSEConfig
 
-    (rule,) = FQSEConfig().quant_config().overrides
+    (rule,) = FQSEConfig().quant_config().overrides[len(DEFAULT_RULES):]
     assert (rule.op, rule.scale, rule.zero_point, rule.learn_qparams) == ("input", SPLIT_SCALE, 0, False)
-    assert FQSEConfig(input_precision="8bit").quant_config().overrides == ()
+    assert FQSEConfig(input_precision="8bit").quant_config().overrides == DEFAULT_RULES

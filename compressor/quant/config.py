@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
-from compressor.quant.precision import Precision, PrecisionOverride, overrides_from
+from compressor.quant.precision import DEFAULT_RULES, Precision, PrecisionOverride, overrides_from
 
 CALIBRATION_METHODS = ("minmax", "mse")
 # Standard layers quantize() swaps for exact int8-ready forms (compressor/quant/substitution.py), each switchable:
@@ -27,7 +27,8 @@ class QuantConfig(JsonConfig):
     with an integer zero-point. ``weight_bits=7`` trains for onnxruntime on
     x86 CPUs without VNNI, whose int8 kernels saturate with full-range
     weights (see DESIGN.md). ``overrides`` change that scheme per layer
-    (compressor/quant/precision.py), e.g. a sensitive tensor kept at 16 bits, or fix one tensor's qparams.
+    (compressor/quant/precision.py), e.g. a sensitive tensor kept at 16 bits, or fix one tensor's qparams;
+    by default (``DEFAULT_RULES``) a norm's averaged squares are summed in a matmul's int32 accumulator.
     ``substitutions``: the kinds of standard layers swapped for exact int8-ready forms (``SUBSTITUTIONS``);
     a layer whose kind is left out is refused, as before substitutions existed.
     """
@@ -39,7 +40,7 @@ class QuantConfig(JsonConfig):
     calibration: str = "minmax"
     ema_decay: float = 0.9
     fuse_relu: bool = True
-    overrides: tuple[PrecisionOverride, ...] = ()
+    overrides: tuple[PrecisionOverride, ...] = DEFAULT_RULES
     substitutions: tuple[str, ...] = SUBSTITUTIONS
 
     def __post_init__(self) -> None:
@@ -69,6 +70,12 @@ class QuantConfig(JsonConfig):
     @property
     def default_precision(self) -> Precision:
         return Precision(self.activation_bits, self.weight_bits, self.per_channel)
+
+    @classmethod
+    def from_dict(cls, data):  # type: ignore[override]
+        if isinstance(data, dict) and "overrides" not in data:
+            data = {**data, "overrides": ()}  # saved before rules existed: no rule, not today's DEFAULT_RULES
+        return super().from_dict(data)
 
     def to_dict(self) -> dict:
         data = super().to_dict()

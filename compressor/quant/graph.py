@@ -19,7 +19,7 @@ from compressor.errors import ConfigError, UnsupportedOpError
 from compressor.quant.config import QuantConfig
 from compressor.ops.record import OpRecord
 from compressor.ops.registry import SPECTRAL_HINT, op_name, record_for, substitution_refusal
-from compressor.quant.precision import Precision, PrecisionOverride, resolve
+from compressor.quant.precision import ACCUMULATOR_BITS, VARIANCE_ROLE, Precision, PrecisionOverride, resolve
 from compressor.recurrent.op import cell_of
 from compressor.recurrent.quantized import (RECURRENCE_ROOT, QuantizedRecurrence, cell_quantizers, scan_arguments,
                                            scan_outputs)
@@ -167,6 +167,8 @@ class _Planner:
             return
         if not _is_float_tensor(node):
             return  # shapes, masks, indices: nothing to quantize
+        if accumulated_square(node, self.config):
+            return  # summed exactly in its mean's int32 accumulator (precision.ACCUMULATOR_BITS)
         if record is None:
             self.refuse(node, "no int8 form is known for it")
             return
@@ -420,12 +422,6 @@ def op_roles(node: fx.Node) -> tuple[str, ...]:
     return (VARIANCE_ROLE,) if averaged_square(node) else ()
 
 
-# What a precision rule's OP also matches for a square that is only averaged ('*:variance=a16'): the one tensor of
-# a norm an 8-bit grid cannot hold on long-tailed signals (a grid for the largest squares rounds the bulk's to
-# zero, one for the bulk clips the largest), README 'Level'.
-VARIANCE_ROLE = "variance"
-
-
 def averaged_square(node: fx.Node) -> bool:
     """``x * x`` whose every use is a mean (through its quantizer once inserted): a norm's variance, an RMS."""
     if node.op != "call_function" or op_kind(node) != "mul" or len(node.args) != 2 or node.args[0] is not node.args[1]:
@@ -434,6 +430,11 @@ def averaged_square(node: fx.Node) -> bool:
     while any(_is_quantizer_call(u) for u in users):
         users = [v for u in users for v in (u.users if _is_quantizer_call(u) else [u])]
     return bool(users) and all(u.op == "call_function" and op_kind(u) == "mean" for u in users)
+
+
+def accumulated_square(node: fx.Node, config: QuantConfig) -> bool:
+    """An averaged square the rules give ``ACCUMULATOR_BITS``: no quantizer, lowered into a matmul with its mean."""
+    return averaged_square(node) and precision_of(node, config, f"act_{_safe(node.name)}").activation_bits == ACCUMULATOR_BITS
 
 
 def _is_quantizer_call(node: fx.Node) -> bool:

@@ -9,6 +9,17 @@ ones winning field by field, like AI Edge Quantizer's recipes. The rules are
 part of ``QuantConfig``, so they are saved with the checkpoint; the exporters
 check each 16-bit tensor against what the target runtime runs integer.
 
+A rule's OP may also be ``variance``: a square whose only uses are means (the
+``(x - m) * (x - m)`` of a norm, the ``x * x`` of an RMS). Besides 8 and 16
+bits such a square may be given 32 (``a32``, the default rule
+``DEFAULT_RULES``): it gets no quantizer of its own, the simulation averages
+the exact squares, and the exporters compute square and mean as one int8
+matmul of the tensor with itself, whose int32 accumulator holds the squares
+exactly (exporters/lowering.py). An 8-bit grid cannot hold the squares of a
+long-tailed signal (one for the largest rounds the bulk's to zero, one for the
+bulk clips the largest; README "Level"); 16 bits can, but 16-bit MUL and MEAN
+run on LiteRT's reference kernels (9x the latency of the whole file).
+
 A rule may also name one tensor: ``#NAME`` matches the activation quantizer
 of that name, as ``compress eval --sensitivity`` lists them.
 
@@ -43,6 +54,10 @@ from compressor.configs import JsonConfig
 from compressor.errors import ConfigError
 
 ACTIVATION_BITS = (8, 16)  # what both runtimes have kernels for (int8, and TFLite 16x8 / ONNX int16 Q/DQ)
+# The op name a rule gives to a square that is only averaged (graph.averaged_square), and the width only such a
+# square may have: no quantizer, the exact squares summed in the int32 accumulator of a matmul.
+VARIANCE_ROLE = "variance"
+ACCUMULATOR_BITS = 32
 QPARAM_FIELDS = ("scale", "zero_point", "learn_qparams")  # left out of to_dict() when unset: configs stay as before
 
 
@@ -68,9 +83,15 @@ class PrecisionOverride(JsonConfig):
     learn_qparams: bool = False
 
     def __post_init__(self) -> None:
-        if self.activation_bits is not None and self.activation_bits not in ACTIVATION_BITS:
+        if self.activation_bits == ACCUMULATOR_BITS:
+            if self.op != VARIANCE_ROLE or self.tensor != "*" or self.scale is not None:
+                raise ConfigError(f"precision override {self.pattern}: a{ACCUMULATOR_BITS} (the squares summed in a "
+                                  f"matmul's int32 accumulator) only applies to op '{VARIANCE_ROLE}', e.g. "
+                                  f"'*:{VARIANCE_ROLE}=a{ACCUMULATOR_BITS}'")
+        elif self.activation_bits is not None and self.activation_bits not in ACTIVATION_BITS:
             raise ConfigError(f"precision override {self.pattern}: activation_bits must be one of "
-                              f"{ACTIVATION_BITS}, got {self.activation_bits!r}")
+                              f"{ACTIVATION_BITS} (or {ACCUMULATOR_BITS} for op '{VARIANCE_ROLE}'), "
+                              f"got {self.activation_bits!r}")
         if self.weight_bits is not None and not (isinstance(self.weight_bits, int) and 2 <= self.weight_bits <= 8):
             raise ConfigError(f"precision override {self.pattern}: weight_bits must be in 2..8, "
                               f"got {self.weight_bits!r}")
@@ -154,7 +175,7 @@ class PrecisionOverride(JsonConfig):
                 fields["learn_qparams"] = True
             else:
                 raise ConfigError(f"--precision {text!r}: unknown setting {item!r} "
-                                  "(a8, a16, w2..w8, per-tensor, per-channel, scale=S, zp=Z, learn)")
+                                  "(a8, a16, a32 for op variance, w2..w8, per-tensor, per-channel, scale=S, zp=Z, learn)")
         return cls(**fields)
 
 
@@ -182,14 +203,19 @@ def resolve(rules: Iterable[PrecisionOverride], module_path: str, op: str, defau
     return Precision(activation_bits, weight_bits, per_channel, qparams_rule)
 
 
-def precision_overrides(rules: Iterable[str]) -> tuple[PrecisionOverride, ...]:
-    """The CLI/recipe form ('MODULE[:OP]=SPEC' strings) as rules."""
-    return tuple(PrecisionOverride.parse(rule) for rule in rules)
+# Rules every new configuration starts with (QuantConfig's default, and before the CLI's/recipe's own rules, which
+# win): averaged squares in the matmul accumulator. A configuration saved before they existed keeps its rules.
+DEFAULT_RULES = (PrecisionOverride(op=VARIANCE_ROLE, activation_bits=ACCUMULATOR_BITS),)
+
+
+def precision_overrides(rules: Iterable[str], defaults: bool = True) -> tuple[PrecisionOverride, ...]:
+    """The CLI/recipe form ('MODULE[:OP]=SPEC' strings) as rules, after ``DEFAULT_RULES`` unless ``defaults`` is off."""
+    return (DEFAULT_RULES if defaults else ()) + tuple(PrecisionOverride.parse(rule) for rule in rules)
 
 
 def overrides_from(data: Iterable[Mapping[str, Any] | PrecisionOverride]) -> tuple[PrecisionOverride, ...]:
     return tuple(d if isinstance(d, PrecisionOverride) else PrecisionOverride.from_dict(d) for d in data)
 
 
-__all__ = ["ACTIVATION_BITS", "Precision", "PrecisionOverride", "overrides_from", "precision_overrides", "resolve",
-           "zero_point_range"]
+__all__ = ["ACCUMULATOR_BITS", "ACTIVATION_BITS", "DEFAULT_RULES", "VARIANCE_ROLE", "Precision", "PrecisionOverride",
+           "overrides_from", "precision_overrides", "resolve", "zero_point_range"]
