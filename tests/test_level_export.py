@@ -8,7 +8,7 @@ import torch
 import runtimes
 from compressor.checkpoint import ArchSpec, save_quantized
 from compressor.quant import calibrate, quantize
-from compressor.recipes.level import pin_input_range
+from compressor.recipes.level import pin_io_ranges
 from compressor.stages.level import LevelStage
 from compressor.stages.level_model import at_level, target_peak_of
 from exporters import ExportConfig, export
@@ -36,7 +36,7 @@ def _quantized(stage: LevelStage | None):
                for k in range(4)]
     qmodel = quantize(model, batches[0])
     calibrate(qmodel, at_level(batches, stage) if stage else batches)
-    pin_input_range(qmodel, stage)
+    pin_io_ranges(qmodel, stage)
     return qmodel, batches
 
 
@@ -83,6 +83,17 @@ def test_audio_20_db_louder_than_calibration_does_not_clip(staged, which):
     # (this tiny untrained net's output range is a min/max EMA over 4 batches, so it may clip a little there)
     assert clipping["output"] == pytest.approx(reference["output"], abs=1e-9)
     assert clipping["output"] < 0.01
+
+
+@pytest.mark.parametrize("which", ["pytorch", "onnx", "tflite"])
+def test_hard_clipped_loud_audio_does_not_clip_the_output(staged, which):
+    """Speech clipped by the ADC has a low crest factor: at the stage's peak it is louder than calibration ever
+    was. The output's grid is the input's (pin_io_ranges), so it holds what the model makes of it."""
+    stage, paths = staged
+    runtime = _load(paths[which])
+    assert runtime.metadata.outputs[0].scale == pytest.approx(runtime.metadata.inputs[0].scale)
+    runtime.process(np.clip(_speechlike(0.45, CALIBRATION_RMS, seed=99) * 300, -1.0, 1.0))
+    assert runtime.clipping()["input"] == 0.0 and runtime.clipping()["output"] < 1e-4
 
 
 def test_without_the_stage_the_same_audio_clips(staged):

@@ -164,17 +164,19 @@ def test_ptq_level_stage_input_grid_is_the_rule_and_as_before(tmp_path):
     recipe = get_recipe("ptq").from_options(options)
     qmodel = recipe.run(RecipeContext(_Equivariant(), _Items(), None, tmp_path, progress=False))
     stage = level_stage_of(recipe.describe()["stages"])
-    name = io_quantizers(qmodel)[0][0]
-    q = qmodel.quantizers()[name]
-    assert q.pinned and q.qparams() == (f32(stage.target_peak / 126), 0)
-    assert qmodel.config.overrides == DEFAULT_RULES + (
-        PrecisionOverride(tensor=name, scale=stage.target_peak / 126, zero_point=0),)
-    # what PTQ computed before the rule: calibrate through the stage, then write the input grid over the result
+    (name,), (output,) = io_quantizers(qmodel)
+    for pinned in (name, output):  # the output gets the input's grid too
+        q = qmodel.quantizers()[pinned]
+        assert q.pinned and q.qparams() == (f32(stage.target_peak / 126), 0)
+    assert qmodel.config.overrides == DEFAULT_RULES + tuple(
+        PrecisionOverride(tensor=t, scale=stage.target_peak / 126, zero_point=0) for t in (name, output))
+    # what PTQ computed before the rules: calibrate through the stage, then write the I/O grids over the result
     reference = quantize(_Equivariant(), example_input(_Items()), recipe.config.quant_config())
     calibrate(reference, at_level(list(calibration_batches(_Items(), 2, 2, 0)), stage), "mse")
     with torch.no_grad():
-        reference.quantizers()[name].scale.copy_(torch.tensor(stage.target_peak / 126))
-        reference.quantizers()[name].zero_point.zero_()
+        for pinned in (name, output):
+            reference.quantizers()[pinned].scale.copy_(torch.tensor(stage.target_peak / 126))
+            reference.quantizers()[pinned].zero_point.zero_()
     state, expected = qmodel.state_dict(), reference.state_dict()
     assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
 

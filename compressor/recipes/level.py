@@ -80,34 +80,55 @@ def fit_level_stage(batches: Any, enabled: bool, float_model: torch.nn.Module | 
 
 
 def input_range_rule(qmodel: Any, stage: LevelStage, learn: bool = False) -> PrecisionOverride:
-    """The precision rule that fixes the model input's grid behind ``stage`` (see ``pin_input_range``)."""
+    """The precision rule that fixes the model input's grid behind ``stage`` (see ``pin_io_ranges``)."""
     from compressor.fqse.io_config import io_quantizers
 
     inputs, _ = io_quantizers(qmodel)
-    quantizer = qmodel.quantizers()[inputs[0]]
-    return PrecisionOverride(tensor=inputs[0], scale=stage.target_peak / (quantizer.qmax - 1), zero_point=0,
+    return _peak_grid_rule(qmodel, inputs[0], stage, learn)
+
+
+def output_range_rules(qmodel: Any, stage: LevelStage) -> list[PrecisionOverride]:
+    """The precision rules that give each model output the input's grid behind ``stage`` (see ``pin_io_ranges``)."""
+    from compressor.fqse.io_config import io_quantizers
+
+    _, outputs = io_quantizers(qmodel)
+    return [_peak_grid_rule(qmodel, name, stage, learn=False) for name in outputs]
+
+
+def _peak_grid_rule(qmodel: Any, name: str, stage: LevelStage, learn: bool) -> PrecisionOverride:
+    quantizer = qmodel.quantizers()[name]
+    return PrecisionOverride(tensor=name, scale=stage.target_peak / (quantizer.qmax - 1), zero_point=0,
                              learn_qparams=learn)
 
 
-def pin_input_range(qmodel: Any, stage: LevelStage | None, learn: bool = False) -> None:
-    """Behind the stage no chunk peaks above ``target_peak``: the input grid covers exactly +-target_peak.
+def pin_io_ranges(qmodel: Any, stage: LevelStage | None, learn_input: bool = False) -> None:
+    """Behind the stage no chunk peaks above ``target_peak``: the input grid covers exactly +-target_peak,
+    and so does each output's.
 
     Scale target/126 with zero-point 0: the peak lands on code +-126, nothing
     clips, and no code is spent on values the stage never lets through (a
     calibrated range clips the top samples or wastes codes). One code is kept
     free at each end so that "codes at the int8 limits" counts real clipping.
-    QAT may still learn it narrower (``learn``, as vanilla QAT does): trading
-    a few clipped peaks (0.011 % of the input codes on the robustness set) for
-    resolution measured 0.36 dB better on the demo split than holding this
-    grid fixed.
+    QAT may still learn the input's narrower (``learn_input``, as vanilla QAT does):
+    trading a few clipped peaks (0.011 % of the input codes on the robustness
+    set) for resolution measured 0.36 dB better on the demo split than holding
+    this grid fixed.
 
-    The grid is a fixed-qparams precision rule (``#<input quantizer>``, added
-    to the model's QuantConfig and so saved with it); call this before
-    ``calibrate``, which then leaves the input grid alone.
+    An enhancer's or separator's output stays within its input's range, but
+    not within the range calibration saw: on loud speech hard-clipped by the
+    ADC (the robustness set's -10 dBFS items) the stage brings a block of low
+    crest factor to the target peak, and a calibrated output grid (MSE or
+    learned, about 0.06) clipped 0.34 % of the output codes. The outputs get
+    the input's grid, fixed (also in QAT): no output code at the limits on the
+    robustness set (README "Level").
+
+    The grids are fixed-qparams precision rules (``#<quantizer>``, added to
+    the model's QuantConfig and so saved with it); call this before
+    ``calibrate``, which then leaves them alone.
     """
     if stage is None:
         return
-    qmodel.add_overrides([input_range_rule(qmodel, stage, learn)])
+    qmodel.add_overrides([input_range_rule(qmodel, stage, learn_input), *output_range_rules(qmodel, stage)])
 
 
 def stage_records(stage: LevelStage | None) -> list[dict[str, Any]]:
@@ -122,5 +143,5 @@ def recorded_stage(recipe_info: dict[str, Any] | None) -> LevelStage | None:
         raise RecipeError(f"the checkpoint's recipe record: {exc}") from exc
 
 
-__all__ = ["EQUIVARIANCE_DB", "augmented", "equivariance_db", "fit_level_stage", "input_range_rule", "pin_input_range",
-           "recorded_stage", "stage_records"]
+__all__ = ["EQUIVARIANCE_DB", "augmented", "equivariance_db", "fit_level_stage", "input_range_rule",
+           "output_range_rules", "pin_io_ranges", "recorded_stage", "stage_records"]

@@ -11,7 +11,7 @@ from compressor.quant import QuantConfig, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.quant.precision import precision_overrides
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
-from compressor.recipes.level import augmented, fit_level_stage, pin_input_range, stage_records
+from compressor.recipes.level import augmented, fit_level_stage, pin_io_ranges, stage_records
 from compressor.stages.level_model import at_level
 
 
@@ -57,7 +57,7 @@ class PTQ(Recipe):
         batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
         stage = fit_level_stage(batches, cfg.level_stage, ctx.float_model)
         self.stages = stage_records(stage)
-        pin_input_range(qmodel, stage)  # a fixed-qparams rule: calibration leaves the input grid alone
+        pin_io_ranges(qmodel, stage)  # fixed-qparams rules: calibration leaves the input and output grids alone
         calibrate(qmodel, at_level(batches, stage) if stage else batches, cfg.calibration, progress=ctx.progress)
         if cfg.leaky_grid:
             snap_leaky_relu_grids(qmodel)

@@ -16,7 +16,7 @@ from compressor.quant import QuantConfig, QuantizedModel, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.quant.precision import precision_overrides
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
-from compressor.recipes.level import augmented, fit_level_stage, pin_input_range, stage_records
+from compressor.recipes.level import augmented, fit_level_stage, pin_io_ranges, stage_records
 from compressor.stages.level import LevelStage
 from compressor.stages.level_model import LevelGainModel, at_level
 from compressor.training import TrainConfig, train
@@ -72,7 +72,7 @@ class QATConfig(JsonConfig):
 def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage | None = None) -> QuantizedModel:
     """quantize() + min/max calibration (through the level stage, if any), which initialises the LSQ step sizes."""
     qmodel = quantize(ctx.float_model, example_input(ctx.train_set), config.quant_config())
-    pin_input_range(qmodel, stage, learn=True)  # the input grid behind the stage, where QAT starts from
+    pin_io_ranges(qmodel, stage, learn_input=True)  # input grid where QAT starts from, output grids fixed
     batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
     calibrate(qmodel, at_level(batches, stage) if stage else batches, "minmax", progress=ctx.progress)
     return qmodel
