@@ -9,7 +9,7 @@ from tqdm import tqdm
 from compressor.errors import ConfigError
 from compressor.quant.graph import statistic_quantizers
 from compressor.quant.model import QuantizedModel
-from compressor.quant.quantizers import STATISTIC_MARGIN, ActivationQuantizer, mse_range, reset_sample_generator
+from compressor.quant.quantizers import STATISTIC_MARGIN, ActivationQuantizer, mse_range, restart_sampling
 
 
 @torch.no_grad()
@@ -26,7 +26,7 @@ def calibrate(qmodel: QuantizedModel, batches: Iterable[torch.Tensor | tuple], m
     method = method or qmodel.config.calibration
     if method not in ("minmax", "mse"):
         raise ConfigError(f"unknown calibration method {method!r}; expected 'minmax' or 'mse'")
-    reset_sample_generator()
+    restart_sampling(qmodel.activation_quantizers().values())
     qmodel.set_mode("observe")
     seen = 0
     for batch in tqdm(batches, desc="calibrate", disable=not progress, leave=False):

@@ -9,6 +9,7 @@ Each quantizer runs in one of three modes:
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -86,6 +87,9 @@ class ActivationQuantizer(_Quantizer):
         self.register_buffer("running_min", torch.tensor(float("inf")))
         self.register_buffer("running_max", torch.tensor(float("-inf")))
         self._samples: list[torch.Tensor] = []
+        # Draws so far: the seed of the next sample, so that this tensor's samples (and its MSE range) do not depend
+        # on how many other quantizers the model has or the order they observe in.
+        self._draws = 0
         self._extremes: tuple[float, float] | None = None  # over every value observed since the last set_range
         self._values_per_item = 0  # the most values one item gave in one call (1 for a gLN's mean)
         self._batch_range: tuple[torch.Tensor, torch.Tensor] | None = None  # union of this batch's calls
@@ -139,7 +143,9 @@ class ActivationQuantizer(_Quantizer):
         self._values_per_item = max(self._values_per_item, x[0].numel() if x.dim() > 1 else x.numel())
         flat = x.reshape(-1).float()
         if flat.numel() > _RESERVOIR // 8:
-            idx = torch.randint(0, flat.numel(), (_RESERVOIR // 8,), generator=_sample_generator())
+            idx = torch.randint(0, flat.numel(), (_RESERVOIR // 8,),
+                                generator=torch.Generator().manual_seed(self._draws))
+            self._draws += 1
             flat = flat[idx]
         self._samples.append(flat.cpu())
         if sum(s.numel() for s in self._samples) > _RESERVOIR:
@@ -180,7 +186,7 @@ class ActivationQuantizer(_Quantizer):
             zero_point = min(max(round(self.qmin - lo / scale), self.qmin), self.qmax)
         self.scale.copy_(torch.tensor(scale))
         self.zero_point.copy_(torch.tensor(float(zero_point)))
-        self._samples, self._extremes, self._values_per_item = [], None, 0
+        self._samples, self._extremes, self._values_per_item, self._draws = [], None, 0, 0
 
     def qparams(self) -> tuple[float, int]:
         """The (scale, zero_point) the deployed int8 tensor uses."""
@@ -200,7 +206,7 @@ class ActivationQuantizer(_Quantizer):
         self.scale.requires_grad_(learn)
         self.zero_point.requires_grad_(learn and self.learn_zero_point and not self.symmetric)
         self.pinned = True
-        self._samples = []
+        self._samples, self._draws = [], 0
 
 
 class FixedQParamsQuantizer(_Quantizer):
@@ -327,19 +333,10 @@ def mse_range(samples: torch.Tensor, lo: float, hi: float, qmin: int, qmax: int)
     return best
 
 
-_GEN: torch.Generator | None = None
-
-
-def _sample_generator() -> torch.Generator:
-    # A private generator: calibration must not shift the global RNG that
-    # training and data order depend on.
-    global _GEN
-    if _GEN is None:
-        _GEN = torch.Generator().manual_seed(0)
-    return _GEN
-
-
-def reset_sample_generator() -> None:
-    """Restart the calibration samples' generator: a calibration draws the same samples whatever ran before it in
-    the process (the CLI's one calibration per process always did; tests and sweeps run several)."""
-    _sample_generator().manual_seed(0)
+def restart_sampling(quantizers: Iterable[nn.Module]) -> None:
+    """Each quantizer's calibration samples start again from their first seed: a calibration draws the same
+    samples whatever ran before it in the process (the CLI's one calibration per process always did; tests and
+    sweeps run several)."""
+    for q in quantizers:
+        if isinstance(q, ActivationQuantizer):
+            q._draws = 0
