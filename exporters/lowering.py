@@ -284,7 +284,8 @@ class _Lowerer:
             self.graph.erase_node(node)
             node = inputs[0] if len(inputs) == 1 else None
 
-    def shape_of(self, node: fx.Node) -> list[int]:
+    def shape_of(self, node: fx.Node, user: fx.Node) -> list[int]:
+        """``node``'s shape for the file's input (``user``: the op that needs it, named in the error)."""
         val = _meta_val(node)
         if val is not None and all(isinstance(d, int) for d in val.shape):
             return [int(d) for d in val.shape]
@@ -292,8 +293,8 @@ class _Lowerer:
             self.shapes = _shapes_for(self.source, self.input_shape)
         if node.name in (self.shapes or {}):
             return list(self.shapes[node.name])
-        raise ExportError(f"{node.name} at {source_location(node)}: its shape is not known for this file's input; "
-                          "export with the input shape given")
+        raise ExportError(f"{user.name} at {source_location(user)}: its int8 form depends on the input's length; "
+                          "lower() needs input_shape")
 
     def lower_accumulated_squares(self) -> None:
         """mean(x * x) with no quantizer on the square -> bmm(x as rows, x as columns) / N (module docstring)."""
@@ -306,7 +307,7 @@ class _Lowerer:
                 raise ExportError(f"{square.name} at {source_location(square)}: the squares summed in a matmul "
                                   "need an 8-bit input; quantize with --precision '*:variance=a16' instead")
             p_x = _activation_qparams(self.quantizer(source))
-            shape = self.shape_of(x)
+            shape = self.shape_of(x, square)
             for mean in list(square.users):
                 self.mean_as_matmul(mean, x, shape, p_x)
             self.graph.erase_node(square)
@@ -341,7 +342,8 @@ class _Lowerer:
             sums = g.call_function(aten.reshape.default, (g.call_function(aten.bmm.default, (as_rows, as_columns)),
                                                           out_shape))
             # the sums on N x the mean's scale: the codes the mean's grid gives their mean
-            sum_grid = (p_mean.scale * count, p_mean.zero_point, p_mean.qmin, p_mean.qmax, p_mean.dtype)
+            sum_grid = (float(torch.tensor(p_mean.scale * count, dtype=torch.float32)),  # as files store scales
+                        p_mean.zero_point, p_mean.qmin, p_mean.qmax, p_mean.dtype)
             sums = g.call_function(qd.dequantize_per_tensor.default,
                                    (g.call_function(qd.quantize_per_tensor.default, (sums, *sum_grid)), *sum_grid))
             inverse = self.quantized_constant(torch.ones(1), 1.0 / count, None, -128, 127, torch.int8, "inv_count")

@@ -155,6 +155,11 @@ class _Rewriter:
             touched = [int(t) for t in list(op.inputs) + list(op.outputs) if t >= 0 and int(t) in activations]
             if not touched:
                 continue
+            if _layout(name) == "reshape" and self.flattened_for_sum_of_squares(i, producer, consumers):
+                continue  # any layout of its input gives the same sums: it leaves the group alone
+            if name == "BATCH_MATMUL" and self.sums_of_squares(op, producer) is not None:
+                find(int(op.outputs[0]))  # one sum per item, [N, 1, 1]: joins the norm's group
+                continue
             if _layout(name) == "reshape":
                 kind = self.boundary(i, producer, consumers, activations)
                 if kind is None:
@@ -231,6 +236,39 @@ class _Rewriter:
                 return ("in", users[0])
         return None
 
+    def flattened_for_sum_of_squares(self, i: int, producer: dict[int, int], consumers: dict[int, list[int]]) -> bool:
+        """This RESHAPE flattens an activation [N, C, T] to [N, 1, C*T] or [N, C*T, 1], and only BATCH_MATMULs of
+        two such flattenings of the same tensor read it: a norm's sum of squares (exporters/lowering.py), the same
+        sums whatever order the flattening visits C and T in, so the activation may be channels-last."""
+        op = self.sg.operators[i]
+        src, dst = int(op.inputs[0]), int(op.outputs[0])
+        shape = self.shape(src)
+        if len(shape) != 3 or self.shape(dst) not in ([shape[0], 1, shape[1] * shape[2]],
+                                                      [shape[0], shape[1] * shape[2], 1]):
+            return False
+        users = consumers.get(dst, [])
+        return bool(users) and all(self.name(self.sg.operators[u]) == "BATCH_MATMUL"
+                                   and self.sums_of_squares(self.sg.operators[u], producer) == src for u in users)
+
+    def sums_of_squares(self, op: Any, producer: dict[int, int]) -> int | None:
+        """The activation [N, C, T] whose squares this BATCH_MATMUL sums per item (its rows times its columns,
+        two RESHAPEs of it, [N, 1, C*T] x [N, C*T, 1] -> [N, 1, 1]), else None."""
+        sources = []
+        for operand in (int(op.inputs[0]), int(op.inputs[1])):
+            p = producer.get(operand)
+            if p is None or _layout(self.name(self.sg.operators[p])) != "reshape":
+                return None
+            sources.append(int(self.sg.operators[p].inputs[0]))
+        src = sources[0]
+        shape = self.shape(src)
+        if sources[1] != src or len(shape) != 3:
+            return None
+        k = shape[1] * shape[2]
+        if (self.shape(int(op.inputs[0])), self.shape(int(op.inputs[1])), self.shape(int(op.outputs[0]))) != (
+                [shape[0], 1, k], [shape[0], k, 1], [shape[0], 1, 1]):
+            return None
+        return src
+
     def same_qparams(self, a: int, b: int) -> bool:
         qa, qb = self.sg.tensors[a].quantization, self.sg.tensors[b].quantization
         if qa is None or qb is None or qa.scale is None or qb.scale is None:
@@ -273,6 +311,10 @@ class _Rewriter:
             elif _layout(name) == "concat":
                 op.builtinOptions = copy.copy(op.builtinOptions)
                 op.builtinOptions.axis = _AXIS[int(op.builtinOptions.axis) % 3]
+            elif name == "BATCH_MATMUL":  # sums of squares: [N, 1, 1, K] x [N, 1, K, 1] -> [N, 1, 1, 1]
+                n, _, k = self.shape(int(op.inputs[0]))
+                for operand, shape in ((int(op.inputs[0]), [n, 1, 1, k]), (int(op.inputs[1]), [n, 1, k, 1])):
+                    self.reshape_to(self.producer_of(operand), shape)
         for i in ours:
             if i in boundaries:
                 self.remove_boundary(i, *boundaries[i])
@@ -286,6 +328,21 @@ class _Rewriter:
             self.replace_uses(int(t_op.outputs[0]), int(op.inputs[0]))
             self.dead.add(transpose)
         self.dead.add(i)
+
+    def producer_of(self, t: int) -> int:
+        return next(i for i, op in enumerate(self.sg.operators) if i not in self.dead and t in set(map(int, op.outputs)))
+
+    def reshape_to(self, i: int, shape: Any) -> None:
+        """RESHAPE op ``i`` now makes ``shape`` (its output tensor, shape operand and options)."""
+        op = self.sg.operators[i]
+        values = np.asarray(shape, dtype=np.int32)
+        out = self.sg.tensors[int(op.outputs[0])]
+        out.shape, out.shapeSignature = values.copy(), None
+        if len(op.inputs) > 1 and int(op.inputs[1]) >= 0:
+            op.inputs[1] = self.new_constant(int(op.inputs[1]), values)
+        if getattr(op.builtinOptions, "newShape", None) is not None:
+            op.builtinOptions = copy.copy(op.builtinOptions)
+            op.builtinOptions.newShape = values.copy()
 
     def nhwc_constant(self, t: int) -> int:
         """A constant operand [a, b, c] as [a, 1, c, b] (data transposed; no copy when b or c is 1)."""

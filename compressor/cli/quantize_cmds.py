@@ -62,8 +62,9 @@ def _common(func):
                           "(activation bits), w2..w8 (weight bits), per-tensor/per-channel. MODULE is a pattern on "
                           "the module path, OP on the op name: 'separator.blocks.7.*=a16', '*:mean=a16'; "
                           "'#NAME=a16' names one tensor as `compress eval --sensitivity` lists it (and says where "
-                          "16 bits pay); '*:variance=a16' keeps every norm's variance (its averaged square) at 16 "
-                          "bits: better on unseen audio, slower in LiteRT (README 'Level')."),
+                          "16 bits pay). By default ('*:variance=a32') a norm's averaged squares get no grid: the "
+                          "files sum them exactly in an int8 matmul's int32 accumulator; '*:variance=a8' or "
+                          "'=a16' gives them one again (README 'Per-layer precision')."),
         click.option("--seed", default=0, show_default=True),
         click.option("--no-level-stage", is_flag=True,
                      help="No level stage: the file runs at the input's own level (default: every chunk is scaled "
