@@ -91,3 +91,16 @@ def test_a_sum_that_can_overflow_int32_within_the_grid_is_refused_naming_the_mea
     qmodel = _quantized("#act_sub=scale=0.01,zp=0", "#act_mean_1=scale=0.1,zp=-128", shape=(1, 64, 2100))
     with pytest.raises(ExportError, match=r"mean_1 at .*int32 sum of 134400 squares overflows.*variance=a16"):
         lower(qmodel, input_shape=[1, 64, 2100])
+
+
+def test_fqse_keeps_8_bit_squares_unless_asked_and_a_users_rule_still_wins():
+    from compressor.quant.precision import Precision, resolve
+    from compressor.recipes.fqse import FQSEConfig
+
+    def variance_bits(config):
+        rules = config.quant_config().overrides
+        return resolve(rules, "norm", "mul", Precision(8, 8, True), roles=("variance",)).activation_bits
+
+    assert variance_bits(FQSEConfig()) == 8
+    assert variance_bits(FQSEConfig(exact_variance=True)) == 32
+    assert variance_bits(FQSEConfig(precision=("*:variance=a16",))) == 16

@@ -198,6 +198,7 @@ def test_fqse_split_input_is_a_rule_of_its_quant_config():
     from compressor.fqse.io_codec import SPLIT_SCALE
     from compressor.recipes.fqse import FQSEConfig
 
-    (rule,) = FQSEConfig().quant_config().overrides[len(DEFAULT_RULES):]
+    *_, rule = FQSEConfig().quant_config().overrides  # the last: after the default and FQSE's variance rules
     assert (rule.op, rule.scale, rule.zero_point, rule.learn_qparams) == ("input", SPLIT_SCALE, 0, False)
-    assert FQSEConfig(input_precision="8bit").quant_config().overrides == DEFAULT_RULES
+    assert not any(r.fixes_qparams for r in FQSEConfig(input_precision="8bit").quant_config().overrides)
+    assert FQSEConfig(input_precision="8bit").quant_config().overrides[:len(DEFAULT_RULES)] == DEFAULT_RULES
