@@ -181,7 +181,7 @@ def test_ptq_level_stage_input_grid_is_the_rule_and_as_before(tmp_path):
     assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
 
 
-def test_vanilla_qat_starts_from_the_level_grid_and_learns_it(tmp_path):
+def test_vanilla_qat_holds_the_level_grid_of_its_input_and_output(tmp_path):
     from compressor.fqse.io_config import io_quantizers
     from compressor.recipes import RecipeContext
     from compressor.recipes.vanilla import QATConfig, prepare_qat_model
@@ -190,8 +190,10 @@ def test_vanilla_qat_starts_from_the_level_grid_and_learns_it(tmp_path):
     stage = LevelStage(target_peak=0.2)
     config = QATConfig(calib_batches=2, batch_size=2)
     qmodel = prepare_qat_model(RecipeContext(_Equivariant(), _Items(), None, tmp_path, progress=False), config, stage)
-    q = qmodel.quantizers()[io_quantizers(qmodel)[0][0]]
-    assert q.qparams() == (f32(0.2 / 126), 0) and q.scale.requires_grad  # measured better learned than held
+    (name,), (output,) = io_quantizers(qmodel)
+    for pinned in (name, output):  # learned, the input grid narrowed and clipped ADC-clipped audio (level.py)
+        q = qmodel.quantizers()[pinned]
+        assert q.qparams() == (f32(0.2 / 126), 0) and not q.scale.requires_grad
 
 
 def test_fqse_split_input_is_a_rule_of_its_quant_config():

@@ -72,7 +72,7 @@ class QATConfig(JsonConfig):
 def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage | None = None) -> QuantizedModel:
     """quantize() + min/max calibration (through the level stage, if any), which initialises the LSQ step sizes."""
     qmodel = quantize(ctx.float_model, example_input(ctx.train_set), config.quant_config())
-    pin_io_ranges(qmodel, stage, learn_input=True)  # input grid where QAT starts from, output grids fixed
+    pin_io_ranges(qmodel, stage)  # input and output grids behind the stage, fixed (QAT does not learn them)
     batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
     calibrate(qmodel, at_level(batches, stage) if stage else batches, "minmax", progress=ctx.progress)
     return qmodel
