@@ -74,7 +74,7 @@ def test_the_squares_get_no_quantizer_and_the_simulation_averages_them_exactly()
 
 
 @pytest.mark.parametrize("target", ["tflite", "onnx"])
-def test_the_files_sum_the_squares_in_one_int8_matmul_and_match_the_simulation(tmp_path, target):
+def test_the_files_sum_the_exact_squares_in_one_op_and_match_the_simulation(tmp_path, target):
     qmodel = _quantized()
     chunks = [_skewed((1, 8, 64), 20 + k).numpy() for k in range(2)]
     result = export(qmodel, target, tmp_path / f"m.{target}", config=ExportConfig(target=target, verify_chunks=2),
@@ -82,8 +82,9 @@ def test_the_files_sum_the_squares_in_one_int8_matmul_and_match_the_simulation(t
     assert result.ops["float_op_count"] == 0 and result.verification.passed
     assert result.verification.op_max_lsb <= 1
     assert result.rewrites["mean(x * x) -> int8 matmul of x with itself (int32 sums)"] == 2
-    matmul = "BATCH_MATMUL" if target == "tflite" else "MatMul"
-    assert result.ops["count"].get(matmul) == 2
+    # LiteRT: an int8 BATCH_MATMUL; ORT: ReduceSumSquare between DQ and Q (its QLinearMatMul is 7x slower here)
+    op = "BATCH_MATMUL" if target == "tflite" else "ReduceSumSquare"
+    assert result.ops["count"].get(op) == 2 and "MatMul" not in result.ops["count"]
 
 
 def test_a_sum_that_can_overflow_int32_within_the_grid_is_refused_naming_the_mean():

@@ -301,7 +301,7 @@ def _target_ops() -> tuple[TargetOp, ...]:
         _o("QLinearConv", "integer", "conv"), _o("QLinearMatMul", "integer", "matmul"),
         _o("ConvInteger", "integer", "conv"), _o("MatMulInteger", "integer", "matmul"),
         *(_o(n, "integer") for n in ("Add", "Mul", "LeakyRelu", "Sigmoid", "Where")),
-        *(_o(n) for n in ("Sub", "Div", "Tanh", "ReduceMean", "ReduceSum", "Sqrt", "Exp", "Log",
+        *(_o(n) for n in ("Sub", "Div", "Tanh", "ReduceMean", "ReduceSum", "ReduceSumSquare", "Sqrt", "Exp", "Log",
                           "Abs", "Neg", "Pow", "Erf", "Gelu", "Softmax", "LogSoftmax", "Elu", "HardSwish",
                           "AveragePool", "GlobalAveragePool", "PRelu", "Max", "Min")),
         *(_o(n, "move") for n in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Concat", "Split",
