@@ -31,7 +31,10 @@ computing the same integers (DESIGN.md, "int8 forms of audio ops"):
   an exact requantization) puts them on the mean's grid. One rounding, where
   the simulation rounds the exact mean (ties aside). The sum overflows int32
   only for a variance far beyond its grid: refused unless it is at least
-  ``ACCUMULATOR_HEADROOM`` x the grid's top.
+  ``ACCUMULATOR_HEADROOM`` x the grid's top. (LiteRT runs it as an int8
+  BATCH_MATMUL; the ONNX exporter writes ReduceSumSquare between the same
+  DQ and Q, which ORT runs 7x faster than its QLinearMatMul,
+  ``onnx_export.sums_of_squares_as_reduce``.)
 - an elementwise op written twice on the same inputs but quantized on two
   grids (``x - m`` twice in a hand-written norm) -> the second on views with
   a leading unit dim, and ``x * x`` of a tensor the converter writes as a
