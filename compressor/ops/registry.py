@@ -117,8 +117,10 @@ def _records() -> tuple[OpRecord, ...]:
           hint="x - max - log(sum(exp(x - max))), each step on its own grid (LiteRT's own lowering is float; "
                "log of softmax's 1/256 grid floors log-probabilities at -5.5)"),
         # -- reductions and pooling ---------------------------------------------------------------
-        R("mean", (aten.mean.dim, aten.mean.default), "compute", ("MEAN",), ("ReduceMean",),
-          fixture=("mean", "gln")),
+        # a mean of an averaged square (a norm's variance) is lowered to its exact sum of squares: an int8
+        # BATCH_MATMUL of the signal with itself, ReduceSumSquare in ONNX (exporters/lowering.py)
+        R("mean", (aten.mean.dim, aten.mean.default), "compute", ("MEAN", "BATCH_MATMUL"),
+          ("ReduceMean", "ReduceSumSquare"), fixture=("mean", "gln")),
         R("sum", (aten.sum.dim_IntList, aten.sum.default), "compute", ("SUM",), ("ReduceSum",), fixture=("sum",)),
         R("var", (aten.var.dim, aten.var.correction), "decomposed", ("MEAN", "SUB", "MUL"),
           ("ReduceMean", "Sub", "Mul"), decompose=dec.var, fixture=("z_norm",),
