@@ -127,6 +127,9 @@ class FileModel:
         self.codec = None
         self.level = None  # the file's level stage (gain before the model, undone after)
         if self.metadata and self.metadata.get("stages"):
+            if any(isinstance(st, dict) and st.get("kind") == "stft_mask" for st in self.metadata["stages"]):
+                raise ModelFileError(f"{self.path}: a spectral model (STFT/iSTFT stage around the file); this device "
+                                     "runner does not apply that stage yet: run it with `compress run` / runtimes.load")
             self._level = _level()
             try:
                 self.level = self._level.level_stage_of(self.metadata["stages"])

@@ -18,6 +18,7 @@ from compressor.fileio import atomic_path
 from compressor.quant.model import QuantizedModel
 from exporters import float_ops, onnx_export, tflite_export
 from exporters.lowering import LoweredModel, lower
+from compressor.stages.spectral import KIND as SPECTRAL_KIND
 from exporters.metadata import DeployMetadata, TensorSpec
 from exporters.sessions import open_session
 from exporters.verify import (
@@ -82,10 +83,17 @@ class ExportResult:
                 "ops": self.ops, "rewrites": self.rewrites, "seconds": round(self.seconds, 1), **self.extra}
 
 
-def _input_shape(qmodel: QuantizedModel, cfg: ExportConfig) -> list[int]:
+def _input_shape(qmodel: QuantizedModel, cfg: ExportConfig, stages: Sequence[dict[str, Any]] | None = None
+                 ) -> list[int]:
+    """The file's input shape for one chunk: (1, chunk) audio, or a spectral stage's frames of one chunk."""
+    from compressor.stages.spectral import spectral_stage_of
+
     shape = list(qmodel.example_shapes[0])
     shape[0] = 1
-    if len(shape) == 2:  # (batch, time): audio in, the file takes one chunk
+    spectral = spectral_stage_of(list(stages or []))
+    if spectral is not None:  # (batch, bins, frames[, 2]): the STFT of one chunk
+        shape[2] = spectral.frames(cfg.chunk_samples)
+    elif len(shape) == 2:  # (batch, time): audio in, the file takes one chunk
         shape[1] = cfg.chunk_samples
     return shape
 
@@ -93,7 +101,7 @@ def _input_shape(qmodel: QuantizedModel, cfg: ExportConfig) -> list[int]:
 def deploy_metadata(qmodel: QuantizedModel, lowered: LoweredModel, cfg: ExportConfig,
                     model_info: dict[str, Any]) -> DeployMetadata:
     """The metadata a file exported with ``cfg`` carries (also what the simulation runtime uses)."""
-    input_shape = _input_shape(qmodel, cfg)
+    input_shape = _input_shape(qmodel, cfg, model_info.get("stages"))
     with torch.no_grad():
         out = qmodel(torch.zeros(input_shape))
     output_shapes = [list(o.shape) for o in (out if isinstance(out, (tuple, list)) else [out])]
@@ -103,16 +111,25 @@ def deploy_metadata(qmodel: QuantizedModel, lowered: LoweredModel, cfg: ExportCo
     io_dtype = "uint8" if (cfg.target == "onnx" and cfg.uint8_activations) else "int8"
     shift = 128 if io_dtype == "uint8" else 0
     p_in = lowered.inputs[0]
+    spectral = any(isinstance(s, dict) and s.get("kind") == SPECTRAL_KIND for s in stages)
     if splitter:
         in_layout = "batch,split,time"
+    elif spectral:
+        in_layout = "batch,bins,frames" + (",complex" if len(input_shape) == 4 else "")
     else:
         in_layout = "batch,time" if len(input_shape) == 2 else "as traced"
-    sources = output_shapes[0][1] if len(output_shapes[0]) == 3 else 1
-    outputs = [TensorSpec(f"output_q{k or ''}", io_dtype, shape, p.scale, p.zero_point + shift,
-                          "batch,sources,time" if len(shape) == 3 else "as traced")
+    sources = output_shapes[0][1] if len(output_shapes[0]) == 3 and not spectral else 1
+
+    def out_layout(shape: list[int]) -> str:
+        if spectral:
+            return "batch,bins,frames" + (",complex" if len(shape) == 4 else "")
+        return "batch,sources,time" if len(shape) == 3 else "as traced"
+
+    outputs = [TensorSpec(f"output_q{k or ''}", io_dtype, shape, p.scale, p.zero_point + shift, out_layout(shape))
                for k, (p, shape) in enumerate(zip(lowered.outputs, output_shapes))]
     return DeployMetadata(
-        target=cfg.target, sample_rate=cfg.sample_rate, chunk_samples=input_shape[-1], num_sources=sources,
+        target=cfg.target, sample_rate=cfg.sample_rate,
+        chunk_samples=cfg.chunk_samples if spectral else input_shape[-1], num_sources=sources,
         inputs=[TensorSpec("audio_q", io_dtype, input_shape, p_in.scale, p_in.zero_point + shift, in_layout)],
         outputs=outputs,
         model={**model_info, "quant_config": qmodel.config.to_dict()},
@@ -123,12 +140,14 @@ def deploy_metadata(qmodel: QuantizedModel, lowered: LoweredModel, cfg: ExportCo
 
 
 def _verification_chunks(calibration: Sequence[np.ndarray] | None, shape: list[int], n: int,
-                         split: bool = False, stage: Any = None) -> list[np.ndarray]:
+                         split: bool = False, stage: Any = None, spectral: Any = None,
+                         chunk_samples: int | None = None) -> list[np.ndarray]:
     """Inputs of the file's input shape: calibration audio cut to length (split for FQSE), or noise.
 
-    With a level stage, each chunk as the stage hands it to the file (scaled to the calibration level).
+    With a level stage, each chunk as the stage hands it to the file (scaled to the calibration level);
+    with a spectral stage, the chunk's STFT features.
     """
-    length = shape[-1] if split else int(np.prod(shape))
+    length = chunk_samples if spectral is not None else shape[-1] if split else int(np.prod(shape))
     rng = np.random.default_rng(0)
     sources = [np.asarray(a, np.float32).reshape(-1) for a in (calibration or [])][:n]
     # no data given: speech-level noise still exercises every layer
@@ -138,7 +157,9 @@ def _verification_chunks(calibration: Sequence[np.ndarray] | None, shape: list[i
         audio = np.pad(audio, (0, max(0, length - audio.size)))[:length]
         if stage is not None:
             audio = (audio * stage.gain(audio)).astype(np.float32)
-        if split:
+        if spectral is not None:
+            chunks.append(spectral.features_of(spectral.stft(audio.reshape(1, -1))).reshape(shape))
+        elif split:
             from compressor.fqse.io_codec import split as split_audio
 
             chunks.append(split_audio(audio.reshape(1, -1), np, axis=-2).astype(np.float32).reshape(shape))
@@ -166,7 +187,7 @@ def export(qmodel: QuantizedModel, target: str, path: str | Path, *, config: Exp
         raise ExportError(f"export() needs a quantized model (got {type(qmodel).__name__}); run PTQ or QAT first")
     path = Path(path)
     qmodel.eval()
-    shape = _input_shape(qmodel, cfg)
+    shape = _input_shape(qmodel, cfg, (model_info or {}).get("stages"))
     lowered = lower(qmodel, int8_io=(target == "onnx"), input_shape=shape)
     x_float = torch.zeros(shape)
     metadata = deploy_metadata(qmodel, lowered, cfg, model_info or {})
@@ -197,7 +218,8 @@ def _verify(qmodel: QuantizedModel, lowered: LoweredModel, file: Path, cfg: Expo
             calibration: Sequence[np.ndarray] | None, shape: list[int]) -> Verification:
     runtime = open_session(file, threads=cfg.threads)
     chunks = _verification_chunks(calibration, shape, cfg.verify_chunks, split=bool(runtime.metadata.splitter),
-                                  stage=runtime.metadata.level_stage())
+                                  stage=runtime.metadata.level_stage(), spectral=runtime.metadata.spectral_stage(),
+                                  chunk_samples=runtime.metadata.chunk_samples)
     e2e = end_to_end(qmodel, runtime, chunks)
     spec = runtime.metadata.inputs[0]
     shift = 128 if spec.dtype == "uint8" else 0

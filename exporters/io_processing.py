@@ -15,14 +15,14 @@ from exporters.metadata import DeployMetadata
 
 
 def encode(meta: DeployMetadata, audio: np.ndarray) -> np.ndarray:
-    """Exactly ``chunk_samples`` float samples -> the file's input codes."""
+    """Exactly ``chunk_samples`` float samples (a spectral file: the stage's features of them) -> input codes."""
     spec = meta.inputs[0]
     if meta.splitter:
         from compressor.fqse.io_codec import split
 
         model_input = split(np.asarray(audio, np.float32).reshape(1, -1), np, axis=-2).astype(np.float32)
-    elif spec.layout == "batch,time":
-        model_input = audio
+    elif spec.layout == "batch,time" or meta.spectral_stage() is not None:
+        model_input = audio  # a spectral file's input: the STFT features the stage computed
     else:
         raise DataError(
             f"this model's input is {spec.shape} ({spec.layout}), not mono audio (batch, time): process() "
@@ -39,6 +39,8 @@ def decode(meta: DeployMetadata, outputs: list[np.ndarray]) -> np.ndarray:
         out = combine(values[0], values[1], meta.combiner["gain"])
     else:
         out = values[0]
+    if meta.spectral_stage() is not None:
+        return np.asarray(out)  # a mask or spectrum: the stage turns it into audio
     return np.asarray(out).reshape(meta.num_sources, -1)
 
 

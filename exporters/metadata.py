@@ -19,6 +19,7 @@ from compressor.errors import ConfigError
 
 if TYPE_CHECKING:
     from compressor.stages.level import LevelStage
+    from compressor.stages.spectral import SpectralStage
 
 METADATA_KEY = "audio_compress"
 FORMAT_VERSION = 1
@@ -119,6 +120,7 @@ class DeployMetadata(JsonConfig):
         data["outputs"] = [TensorSpec.from_dict(t) for t in data.get("outputs", [])]
         meta = cls.from_dict(data)
         meta.level_stage()  # a broken stage record fails at load, not mid-stream
+        meta.spectral_stage()
         return meta
 
     def level_stage(self) -> "LevelStage | None":
@@ -127,5 +129,14 @@ class DeployMetadata(JsonConfig):
 
         try:
             return level_stage_of(self.stages)
+        except ValueError as exc:
+            raise ConfigError(f"embedded {METADATA_KEY} metadata: {exc}") from exc
+
+    def spectral_stage(self) -> "SpectralStage | None":
+        """The STFT / mask / iSTFT stage around a spectral model's file (compressor/stages/spectral.py), or None."""
+        from compressor.stages.spectral import spectral_stage_of
+
+        try:
+            return spectral_stage_of(self.stages)
         except ValueError as exc:
             raise ConfigError(f"embedded {METADATA_KEY} metadata: {exc}") from exc

@@ -253,6 +253,9 @@ def write_pipeline(core_path: str | Path, out: str | Path, chunks: Sequence[np.n
     if core.metadata.target != "onnx":
         raise ExportError(f"{core_path}: a pipeline is built around an exported .onnx file, not {core.metadata.target}")
     meta = core.metadata
+    if meta.spectral_stage() is not None:
+        raise ExportError(f"{core_path}: a spectral model; its STFT/iSTFT stage runs in the runtimes "
+                          "(compress run, runtimes.load), a --pipeline ONNX around it is not built yet")
     if wav:
         model = build_wav_pipeline(onnx.load(str(core_path)), meta)
         session = wav_session(model)

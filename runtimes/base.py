@@ -19,6 +19,7 @@ import numpy as np
 
 from compressor.errors import DataError
 from compressor.stages.level import LevelStage, run_with_gain
+from compressor.stages.spectral import SpectralStage
 from exporters.io_processing import decode, encode
 from exporters.metadata import DeployMetadata, TensorSpec
 from runtimes.chunking import overlap_add
@@ -75,7 +76,21 @@ class Runtime(ABC):
         the combiner adds the RQB's residual output back (compressor/fqse/io_codec.py).
         The level stage, when declared, goes around all of it.
         """
-        return run_with_gain(self.level_stage, self._run_boundary, np.asarray(audio, np.float32))
+        return run_with_gain(self.level_stage, self._run_model, np.asarray(audio, np.float32))
+
+    def _run_model(self, audio: np.ndarray) -> np.ndarray:
+        """One chunk at the model's level: through the file, and the spectral stage around it if declared."""
+        spectral = self.spectral_stage
+        if spectral is None:
+            return self._run_boundary(audio)
+        return spectral.run(self._run_boundary, audio.reshape(1, -1)).reshape(1, -1)
+
+    @property
+    def spectral_stage(self) -> SpectralStage | None:
+        """The file's STFT/mask/iSTFT stage (None: the file takes and returns audio)."""
+        if not hasattr(self, "_spectral_stage"):
+            self._spectral_stage = self.metadata.spectral_stage()
+        return self._spectral_stage
 
     def _run_boundary(self, audio: np.ndarray) -> np.ndarray:
         codes = encode(self.metadata, audio)
@@ -86,13 +101,17 @@ class Runtime(ABC):
             # FQSE's RQB residual: at its limits the refinement is partial (the error stays within the
             # coarse output's half step), not a clipped signal; counted apart
             self._count_clipping("residual", spec, out)
-        return decode(self.metadata, outputs)[:, : audio.shape[-1]]
+        decoded = decode(self.metadata, outputs)
+        return decoded if self.spectral_stage is not None else decoded[:, : audio.shape[-1]]
 
     def _count_clipping(self, where: str, spec: TensorSpec, codes: np.ndarray, split: bool = False) -> None:
         codes = np.asarray(codes)
         if split:  # FQSE: the high byte at its limits is 16-bit full scale; the low byte never clips
             codes = codes.reshape(-1, 2, codes.shape[-1])[:, 0]
-        at_limit = int(np.count_nonzero((codes <= spec.qmin) | (codes >= spec.qmax)))
+        # a grid that starts at 0 (zero-point at qmin: a magnitude, a ReLU or sigmoid output) holds no clipped
+        # values at its low end, only zeros and values below half a step
+        low = codes <= spec.qmin if spec.zero_point > spec.qmin else np.zeros(codes.shape, bool)
+        at_limit = int(np.count_nonzero(low | (codes >= spec.qmax)))
         stats = self.clip_counts()
         stats.setdefault(where, [0, 0])
         stats[where][0] += at_limit

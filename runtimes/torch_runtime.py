@@ -35,10 +35,11 @@ class TorchRuntime(Runtime):
         cfg = ExportConfig(target="onnx", uint8_activations=False, sample_rate=sample_rate, chunk_seconds=chunk_seconds)
         if self.quantized:
             splitter, combiner = io_processing(loaded.recipe)
-            lowered = lower(self.model, int8_io=True, input_shape=_input_shape(self.model, cfg))
+            stages = stages_of(loaded.recipe)
+            lowered = lower(self.model, int8_io=True, input_shape=_input_shape(self.model, cfg, stages))
             self.metadata = deploy_metadata(self.model, lowered, cfg,
                                             {"path": str(path), "splitter": splitter, "combiner": combiner,
-                                             "stages": stages_of(loaded.recipe)})
+                                             "stages": stages})
         else:
             chunk = cfg.chunk_samples
             with torch.no_grad():

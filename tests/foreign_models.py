@@ -88,3 +88,38 @@ def make_user_masker() -> nn.Module:
     """A --model-factory target for the checkpoint round-trip tests."""
     torch.manual_seed(0)
     return UserMasker()
+
+
+class SpectralMasker(nn.Module):
+    """A magnitude-mask enhancer as people write it: torch.stft, a conv net on |X|, a sigmoid mask, torch.istft."""
+
+    def __init__(self, n_fft: int = 128, hop: int = 64, mask: str = "real") -> None:
+        super().__init__()
+        self.n_fft, self.hop, self.mask = n_fft, hop, mask
+        self.register_buffer("window", torch.hann_window(n_fft))
+        bins = n_fft // 2 + 1
+        inputs = bins if mask == "real" else 2 * bins
+        outputs = bins if mask == "real" else 2 * bins
+        self.net = nn.Sequential(nn.Conv1d(inputs, 32, 3, padding=1), nn.ReLU(), nn.Conv1d(32, outputs, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(x, self.n_fft, self.hop, window=self.window, return_complex=True)
+        if self.mask == "real":
+            mask = torch.sigmoid(self.net(spec.abs()))
+            return torch.istft(spec * mask, self.n_fft, self.hop, window=self.window, length=x.shape[-1])
+        parts = torch.view_as_real(spec)  # (batch, bins, frames, 2)
+        b, f, t, _ = parts.shape
+        feats = parts.permute(0, 3, 1, 2).reshape(b, 2 * f, t)
+        out = torch.tanh(self.net(feats)).reshape(b, 2, f, t).permute(0, 2, 3, 1)
+        return torch.istft(spec * torch.view_as_complex(out.contiguous()), self.n_fft, self.hop,
+                           window=self.window, length=x.shape[-1])
+
+
+def make_spectral_masker() -> SpectralMasker:
+    torch.manual_seed(0)
+    return SpectralMasker()
+
+
+def make_complex_masker() -> SpectralMasker:
+    torch.manual_seed(0)
+    return SpectralMasker(mask="complex")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from compressor.checkpoint import ArchSpec, load_model, save_float, save_quantized
 from compressor.cli.main import main
 from compressor.quant import calibrate, quantize
-from tests.foreign_models import UserMasker, make_user_masker
+from tests.foreign_models import UserMasker, make_spectral_masker, make_user_masker
 
 SR = 16000
 FACTORY = "tests.foreign_models:make_user_masker"
@@ -46,6 +46,7 @@ def sources(tmp_path_factory, paired):
     """Three float models in the forms users give them: name -> command-line arguments."""
     folder = tmp_path_factory.mktemp("sources")
     torch.save(make_user_masker().state_dict(), folder / "state.pt")
+    torch.save(make_spectral_masker().state_dict(), folder / "spectral.pt")
     program = torch.export.export(make_user_masker().eval(), (torch.randn(2, 1600),),
                                   dynamic_shapes=({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},))
     torch.export.save(program, folder / "masker.pt2")
@@ -59,16 +60,18 @@ def sources(tmp_path_factory, paired):
         "factory": [folder / "state.pt", "--model-factory", FACTORY],
         "pt2": [folder / "masker.pt2"],
         "zoo": [folder / "zoo.pt"],
+        # torch.stft -> conv net -> mask -> torch.istft: the core is quantized, the stage rides in the metadata
+        "spectral": [folder / "spectral.pt", "--model-factory", "tests.foreign_models:make_spectral_masker"],
     }
 
 
-@pytest.mark.parametrize("source", ["factory", "pt2", "zoo"])
+@pytest.mark.parametrize("source", ["factory", "pt2", "zoo", "spectral"])
 def test_ptq_checkpoint_exports_runs_evaluates_and_benches(tmp_path, paired, sources, source):
     q = tmp_path / "q.pt"
     run("ptq", *sources[source], "--data", paired, "--segment-seconds", 0.25, "--calib-batches", 2,
         "--batch-size", 2, "--out", q)
     # both targets for the user's module; the others share everything after the checkpoint load with it
-    targets = ("onnx", "tflite") if source == "factory" else ("onnx",)
+    targets = ("onnx", "tflite") if source in ("factory", "spectral") else ("onnx",)
     for target in targets:
         out = tmp_path / f"q.{target}"
         result = run("export", q, "--target", target, "--data", paired, "--out", out)
@@ -86,7 +89,7 @@ def test_ptq_checkpoint_exports_runs_evaluates_and_benches(tmp_path, paired, sou
     assert len(json.loads(bench.read_text())["models"]) == 2
 
 
-@pytest.mark.parametrize("source", ["factory", "pt2", "zoo"])
+@pytest.mark.parametrize("source", ["factory", "pt2", "zoo", "spectral"])
 def test_qat_checkpoint_resumes_and_exports(tmp_path, paired, sources, source):
     q = tmp_path / "q.pt"
     common = ["--data", paired, "--valid-data", paired, "--segment-seconds", 0.25, "--batch-size", 2,

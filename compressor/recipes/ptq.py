@@ -10,6 +10,7 @@ from compressor.errors import ConfigError
 from compressor.quant import QuantConfig, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.quant.precision import precision_overrides
+from compressor.recipes import spectral
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 from compressor.recipes.level import augmented, fit_level_stage, pin_io_ranges, stage_records
 from compressor.stages.level_model import at_level
@@ -53,12 +54,16 @@ class PTQ(Recipe):
     def run(self, ctx: RecipeContext) -> nn.Module:
         cfg = self.config
         train_set = augmented(ctx.train_set, cfg)
-        qmodel = quantize(ctx.float_model, example_input(train_set), cfg.quant_config())
+        example = example_input(train_set)
+        split = spectral.split_of(ctx.float_model, example)  # a spectral model: only the core is quantized
+        qmodel = quantize(*spectral.to_quantize(ctx.float_model, example, split), cfg.quant_config())
         batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
         stage = fit_level_stage(batches, cfg.level_stage, ctx.float_model)
-        self.stages = stage_records(stage)
-        pin_io_ranges(qmodel, stage)  # fixed-qparams rules: calibration leaves the input and output grids alone
-        calibrate(qmodel, at_level(batches, stage) if stage else batches, cfg.calibration, progress=ctx.progress)
+        self.stages = stage_records(stage) + spectral.records(split)
+        if split is None:  # a spectral core's input and output are features and a mask, not audio
+            pin_io_ranges(qmodel, stage)  # fixed-qparams rules: calibration leaves the input and output grids alone
+        calibrate(qmodel, spectral.core_inputs(split, at_level(batches, stage) if stage else batches),
+                  cfg.calibration, progress=ctx.progress)
         if cfg.leaky_grid:
             snap_leaky_relu_grids(qmodel)
         return qmodel

@@ -15,10 +15,13 @@ from compressor.losses import neg_si_snr_loss
 from compressor.quant import QuantConfig, QuantizedModel, calibrate, quantize
 from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.quant.precision import precision_overrides
+from compressor.recipes import spectral
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 from compressor.recipes.level import augmented, fit_level_stage, pin_io_ranges, stage_records
 from compressor.stages.level import LevelStage
-from compressor.stages.level_model import LevelGainModel, at_level
+from compressor.stages.spectral import SpectralStage
+from compressor.stages.spectral_split import SpectralSplit
+from compressor.stages.level_model import at_level
 from compressor.training import TrainConfig, train
 from compressor.training.distillation import TeacherTargets, distillation_loss
 
@@ -69,12 +72,18 @@ class QATConfig(JsonConfig):
                            seed=self.seed, lr_schedule=self.lr_schedule, log_every=10)
 
 
-def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage | None = None) -> QuantizedModel:
-    """quantize() + min/max calibration (through the level stage, if any), which initialises the LSQ step sizes."""
-    qmodel = quantize(ctx.float_model, example_input(ctx.train_set), config.quant_config())
-    pin_io_ranges(qmodel, stage)  # input and output grids behind the stage, fixed (QAT does not learn them)
+def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage | None = None,
+                      split: SpectralSplit | None = None) -> QuantizedModel:
+    """quantize() + min/max calibration (through the level stage, if any), which initialises the LSQ step sizes.
+
+    With a spectral ``split`` (recipes/spectral.py) only its core is quantized, calibrated on STFT features."""
+    qmodel = quantize(*spectral.to_quantize(ctx.float_model, example_input(ctx.train_set), split),
+                      config.quant_config())
+    if split is None:
+        pin_io_ranges(qmodel, stage)  # input and output grids behind the stage, fixed (QAT does not learn them)
     batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
-    calibrate(qmodel, at_level(batches, stage) if stage else batches, "minmax", progress=ctx.progress)
+    calibrate(qmodel, spectral.core_inputs(split, at_level(batches, stage) if stage else batches), "minmax",
+              progress=ctx.progress)
     return qmodel
 
 
@@ -119,14 +128,15 @@ def teacher_copy(float_model: nn.Module, config: QATConfig) -> nn.Module | None:
 
 def run_qat(qmodel: QuantizedModel, ctx: RecipeContext, config: QATConfig,
             on_checkpoint: Callable[[int, nn.Module], None] | None = None,
-            teacher: nn.Module | None = None, stage: LevelStage | None = None) -> QuantizedModel:
+            teacher: nn.Module | None = None, stage: LevelStage | None = None,
+            spectral_stage: SpectralStage | None = None) -> QuantizedModel:
     """Retrain all weights and LSQ step sizes/zero-points with negative SI-SNR (and distillation).
 
     With a level stage the model trains behind it, as it will be deployed.
     """
     groups = quantizer_param_groups(qmodel, config.quantizer_lr, config.zero_point_lr)
     train_set, loss_fn = qat_objective(teacher, ctx.train_set, config)
-    trained = LevelGainModel(qmodel, stage) if stage else qmodel
+    trained = spectral.deployed(qmodel, spectral_stage, stage)
 
     def checkpoint(step: int, _: nn.Module) -> None:
         if on_checkpoint is not None:
@@ -148,9 +158,10 @@ class VanillaQAT(Recipe):
     def run(self, ctx: RecipeContext, on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
         teacher = teacher_copy(ctx.float_model, self.config)
         ctx, stage = level_setup(ctx, self.config)
-        self.stages = stage_records(stage)
-        qmodel = prepare_qat_model(ctx, self.config, stage)
-        return run_qat(qmodel, ctx, self.config, on_checkpoint, teacher, stage)
+        split = spectral.split_of(ctx.float_model, example_input(ctx.train_set))
+        self.stages = stage_records(stage) + spectral.records(split)
+        qmodel = prepare_qat_model(ctx, self.config, stage, split)
+        return run_qat(qmodel, ctx, self.config, on_checkpoint, teacher, stage, split.stage if split else None)
 
 
 __all__ = ["QATConfig", "VanillaQAT", "level_setup", "prepare_qat_model", "qat_objective", "run_qat", "teacher_copy"]

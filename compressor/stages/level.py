@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 
 KIND = "level_gain"
+#: Every stage kind a file may declare (the spectral one: compressor/stages/spectral.py).
+KNOWN_KINDS = (KIND, "stft_mask")
 
 
 def _peak(x: Any) -> Any:
@@ -131,10 +133,12 @@ def level_stage_of(records: list[dict[str, Any]] | None) -> LevelStage | None:
     """The level stage among a file's metadata stage records, or None (ValueError on an unknown kind)."""
     stages = []
     for record in records or []:
-        if not isinstance(record, dict) or record.get("kind") != KIND:
-            kind = record.get("kind") if isinstance(record, dict) else record
-            raise ValueError(f"unknown pre/post-processing stage {kind!r} (this runtime knows {KIND!r})")
-        stages.append(LevelStage.from_dict(record))
+        kind = record.get("kind") if isinstance(record, dict) else record
+        if kind not in KNOWN_KINDS:
+            raise ValueError(f"unknown pre/post-processing stage {kind!r} (this runtime knows "
+                             f"{', '.join(map(repr, KNOWN_KINDS))})")
+        if kind == KIND:
+            stages.append(LevelStage.from_dict(record))
     return stages[0] if stages else None
 
 
