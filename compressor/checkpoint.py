@@ -86,10 +86,11 @@ class ArchSpec:
     def describe(self) -> str:
         return f"zoo:{self.name}" if self.kind == "zoo" else "torch.export program"
 
-    def for_quantized(self, qmodel: QuantizedModel) -> "ArchSpec":
+    def for_quantized(self, qmodel: QuantizedModel, core_only: bool = False) -> "ArchSpec":
         """What a quantized checkpoint of ``qmodel`` stores: a zoo model is rebuilt from its code, anything
-        else from the exact program its quantizers were planned on."""
-        if self.kind == "zoo":
+        else (and a zoo model of which ``qmodel`` holds a part, ``core_only``: the network between a spectral
+        model's transforms) from the exact program its quantizers were planned on."""
+        if self.kind == "zoo" and not core_only:
             return self
         if qmodel.traced_program is not None:
             return ArchSpec(kind="traced", program=qmodel.traced_program)
@@ -129,7 +130,9 @@ def save_float(path: str | Path, model: nn.Module, arch: ArchSpec, info: dict[st
 
 def save_quantized(path: str | Path, qmodel: QuantizedModel, arch: ArchSpec,
                    recipe: dict[str, Any], info: dict[str, Any] | None = None) -> Path:
-    payload = {"format": QUANT_FORMAT, "version": FORMAT_VERSION, "arch": arch.for_quantized(qmodel).to_dict(),
+    core_only = any(isinstance(st, dict) and st.get("kind") == "stft_mask" for st in (recipe or {}).get("stages", []))
+    payload = {"format": QUANT_FORMAT, "version": FORMAT_VERSION,
+               "arch": arch.for_quantized(qmodel, core_only).to_dict(),
                "quant_config": qmodel.config.to_dict(), "example_shapes": qmodel.example_shapes,
                "recipe": recipe, "state_dict": _plain_state_dict(qmodel), "info": info or {}}
     return _save(path, payload)

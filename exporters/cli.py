@@ -161,6 +161,10 @@ def _level_line(metadata) -> str:
                 f"{stage.max_gain_db:+g} dB) and back, so louder or quieter audio neither clips nor loses resolution")
     if metadata.splitter:
         return "level: no level stage; the input is 16-bit PCM split in two int8 channels (full scale)"
+    if metadata.spectral_stage() is not None:
+        top = (spec.qmax - spec.zero_point) * spec.scale
+        return (f"level: no level stage; the file's input is the STFT features of the audio (up to {top:.3g} on its "
+                "int8 grid): louder audio clips the features")
     top = max(abs((spec.qmin - spec.zero_point) * spec.scale), abs((spec.qmax - spec.zero_point) * spec.scale))
     return (f"level: no level stage; the input clips above {top:.3f} ({20 * math.log10(top):.1f} dBFS) "
             "peak: louder audio clips the model (re-quantize to get a level stage)")

@@ -196,3 +196,31 @@ def test_torch_export_with_dynamic_length(overrides, example_length):
             got = exported(x)
         assert got.shape == expected.shape == (1, model.config.num_sources, length)
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+
+
+USER_STYLE = {"crn_gru": {"channels": [4, 8], "hidden": 8}, "lstm_masker": {"hidden": 8, "encoded": 8},
+              "dual_path": {"filters": 8, "hidden": 4, "heads": 2, "chunk": 10}}
+
+
+@pytest.mark.parametrize("name", sorted(USER_STYLE))
+def test_user_style_models_quantize_as_written_and_run_at_lengths_never_traced(name):
+    """nn.GRU / nn.LSTM / nn.MultiheadAttention / LayerNorm / BatchNorm / torch.stft as written: quantize()
+    (through the spectral split where the model has one) gives a graph that runs at other lengths."""
+    from compressor.quant import calibrate, quantize
+    from compressor.recipes.spectral import deployed, split_of, to_quantize
+
+    torch.manual_seed(0)
+    model = build_model(name, USER_STYLE[name]).eval()
+    example = torch.randn(2, 4000) * 0.1
+    split = split_of(model, example)
+    assert (split is None) == (name == "dual_path")
+    qmodel = quantize(*to_quantize(model, example, split), None)
+    calibrate(qmodel, [to_quantize(model, torch.randn(2, 4000) * 0.1, split)[1] for _ in range(2)], progress=False)
+    simulated = deployed(qmodel, split.stage if split else None, None)
+    for length in (3001, 6007):
+        x = torch.randn(1, length) * 0.1
+        with torch.no_grad():
+            want, got = model(x), simulated(x)
+        assert got.shape == want.shape == (1, length)
+        snr = 10 * torch.log10(want.pow(2).sum() / (got - want).pow(2).sum())
+        assert snr > 10, (name, length, float(snr))

@@ -11,10 +11,11 @@ from compressor.fileio import atomic_path
 ONNX_OPSET = 17
 
 
-def float_onnx(model: torch.nn.Module, chunk_samples: int, path: Path) -> Path:
-    """``torch.onnx.export`` at a fixed input length (the same chunk the int8 files take)."""
+def float_onnx(model: torch.nn.Module, chunk_samples: int, path: Path, example: torch.Tensor | None = None) -> Path:
+    """``torch.onnx.export`` at a fixed input length (the same chunk the int8 files take; ``example``: another
+    input, e.g. a spectral model's STFT features of one chunk)."""
     model.eval()
-    example = torch.zeros(1, chunk_samples)
+    example = torch.zeros(1, chunk_samples) if example is None else example
     with atomic_path(path) as tmp:
         try:
             # the TorchScript exporter: the dynamo one adds nothing for a fixed-shape conv net
@@ -25,12 +26,12 @@ def float_onnx(model: torch.nn.Module, chunk_samples: int, path: Path) -> Path:
     return path
 
 
-def float_tflite(model: torch.nn.Module, chunk_samples: int, path: Path) -> Path:
+def float_tflite(model: torch.nn.Module, chunk_samples: int, path: Path, example: torch.Tensor | None = None) -> Path:
     """``litert_torch.convert`` of the float model (runs with XNNPACK in LiteRT)."""
     import litert_torch
 
     model.eval()
-    example = torch.zeros(1, chunk_samples)
+    example = torch.zeros(1, chunk_samples) if example is None else example
     try:
         edge = litert_torch.convert(model, (example,))
     except Exception as exc:

@@ -156,11 +156,10 @@ def fold_weight_norm(model: nn.Module) -> nn.Module:
     return model
 
 
-def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
-                  dynamic_shapes: Any = "auto", substitutions: Sequence[str] | None = None
-                  ) -> torch.export.ExportedProgram:
-    """torch.export the model in eval mode (every axis of every input may vary), int8 forms applied
-    (``substitutions``: the QuantConfig.substitutions kinds to apply, None: all)."""
+def substituted(model: nn.Module, example_inputs: Sequence[torch.Tensor],
+                substitutions: Sequence[str] | None = None) -> nn.Module:
+    """The model with the module-level swaps done before tracing (weight norm folded, nn.GRU / nn.LSTM as
+    cells, hand-written norms as the project's norms); the model itself when there is nothing to swap."""
     if isinstance(model, QuantizedModel):
         raise UnsupportedOpError("the model is already quantized")
     model = fold_weight_norm(model)
@@ -169,6 +168,15 @@ def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
     if substitutions is None or "norm_idiom" in substitutions:
         model = substitute_norm_idioms(model, example_inputs,
                                        group_norm=substitutions is None or "norm" in substitutions)
+    return model
+
+
+def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
+                  dynamic_shapes: Any = "auto", substitutions: Sequence[str] | None = None
+                  ) -> torch.export.ExportedProgram:
+    """torch.export the model in eval mode (every axis of every input may vary), int8 forms applied
+    (``substitutions``: the QuantConfig.substitutions kinds to apply, None: all)."""
+    model = substituted(model, example_inputs, substitutions)
     was_training = model.training
     set_training(model, False)  # an exported GraphModule: already traced in eval mode
     every_axis = dynamic_shapes == "auto"

@@ -55,7 +55,7 @@ class PTQ(Recipe):
         cfg = self.config
         train_set = augmented(ctx.train_set, cfg)
         example = example_input(train_set)
-        split = spectral.split_of(ctx.float_model, example)  # a spectral model: only the core is quantized
+        split = spectral.split_of(ctx.float_model, example, cfg.quant_config().substitutions)  # a spectral model: only the core is quantized
         qmodel = quantize(*spectral.to_quantize(ctx.float_model, example, split), cfg.quant_config())
         batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
         stage = fit_level_stage(batches, cfg.level_stage, ctx.float_model)

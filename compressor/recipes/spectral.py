@@ -9,7 +9,7 @@ The level stage, when the model has one, goes around the spectral stage.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -20,11 +20,17 @@ from compressor.stages.spectral import SpectralStage, spectral_stage_of
 from compressor.stages.spectral_split import SpectralModel, SpectralSplit, split_spectral, uses_stft
 
 
-def split_of(float_model: nn.Module, example: torch.Tensor) -> SpectralSplit | None:
-    """The model's spectral split, or None when it does not call torch.stft."""
+def split_of(float_model: nn.Module, example: torch.Tensor, substitutions: Sequence[str] | None = None
+             ) -> SpectralSplit | None:
+    """The model's spectral split, or None when it does not call torch.stft.
+
+    The module-level swaps quantize() makes before tracing (nn.GRU / nn.LSTM as cells, ...) are made
+    first, with ``substitutions`` as in QuantConfig: the core is a graph, with no modules left to swap."""
     if not uses_stft(float_model, example):
         return None
-    return split_spectral(float_model, example)
+    from compressor.quant.model import substituted
+
+    return split_spectral(substituted(float_model, [example], substitutions), example)
 
 
 def to_quantize(float_model: nn.Module, example: torch.Tensor, split: SpectralSplit | None

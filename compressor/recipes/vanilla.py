@@ -158,7 +158,7 @@ class VanillaQAT(Recipe):
     def run(self, ctx: RecipeContext, on_checkpoint: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
         teacher = teacher_copy(ctx.float_model, self.config)
         ctx, stage = level_setup(ctx, self.config)
-        split = spectral.split_of(ctx.float_model, example_input(ctx.train_set))
+        split = spectral.split_of(ctx.float_model, example_input(ctx.train_set), self.config.quant_config().substitutions)
         self.stages = stage_records(stage) + spectral.records(split)
         qmodel = prepare_qat_model(ctx, self.config, stage, split)
         return run_qat(qmodel, ctx, self.config, on_checkpoint, teacher, stage, split.stage if split else None)

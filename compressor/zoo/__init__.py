@@ -21,7 +21,10 @@ from compressor.zoo.conv_tasnet import (
     GlobalLayerNorm,
     count_parameters,
 )
+from compressor.zoo.crn_gru import CRNGRU, CRNConfig
 from compressor.zoo.dnsmos_cnn import DnsmosCNN, DnsmosConfig
+from compressor.zoo.dual_path import DualPathConfig, DualPathNet
+from compressor.zoo.lstm_masker import LSTMMasker, LSTMMaskerConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {
     "conv_tasnet": _Entry(ConvTasNetConfig, ConvTasNet),
     "dnsmos_cnn": _Entry(DnsmosConfig, DnsmosCNN),
+    # written as users write them (nn.GRU / nn.LSTM / nn.MultiheadAttention / norms / torch.stft): README "Zoo"
+    "crn_gru": _Entry(CRNConfig, CRNGRU),
+    "lstm_masker": _Entry(LSTMMaskerConfig, LSTMMasker),
+    "dual_path": _Entry(DualPathConfig, DualPathNet),
 }
 
 
@@ -74,11 +81,17 @@ def build_model(name: str, config: dict[str, Any] | Any | None = None) -> nn.Mod
 
 
 __all__ = [
+    "CRNConfig",
+    "CRNGRU",
     "ChannelwiseLayerNorm",
     "ConvTasNet",
     "ConvTasNetConfig",
     "DnsmosCNN",
     "DnsmosConfig",
+    "DualPathConfig",
+    "DualPathNet",
+    "LSTMMasker",
+    "LSTMMaskerConfig",
     "GlobalLayerNorm",
     "build_model",
     "count_parameters",
