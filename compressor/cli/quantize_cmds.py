@@ -115,6 +115,9 @@ def _common(func):
 @click.option("--tight-split-range", is_flag=True, default=None,
               help="fqse: clip the high-byte encoder conv's range at -max(low byte) before QAT (exact under the "
                    "encoder's ReLU; measured within noise of the default min/max range).")
+@click.option("--learned-output-range", is_flag=True, default=None,
+              help="fqse: calibrate, then learn, the coarse output's grid instead of fixing it at the level stage's "
+                   "target peak (better on the demo split, clips on loud or flat-topped audio: README 'Level').")
 @click.option("--rqb-init", type=click.Choice(["pinv", "fit", "paper"]),
               help="fqse: RQB encoder from the decoder's pseudo-inverse, that fitted on data, or the model's encoder (the paper's).")
 @click.option("--epochs", type=int, help="bam: training epochs from scratch (default 6).")
@@ -124,7 +127,8 @@ def _common(func):
 def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
             precision, seed, no_level_stage, level_aug, tilt_aug, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
             distill, run_dir, resume, no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-            splitter_init, split_encoder, tight_split_range, rqb_init, epochs, beta, binary_weights):
+            splitter_init, split_encoder, tight_split_range, learned_output_range, rqb_init, epochs, beta,
+            binary_weights):
     """Quantization-aware training of MODEL into a fully quantized model.
 
     Every weight and every activation, input and output included, is
@@ -139,13 +143,13 @@ def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, 
                    epochs=epochs, beta=beta, binary_weights=binary_weights or None)
     options.update(_level_options(no_level_stage, level_aug, tilt_aug))
     options.update(_fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-                                 splitter_init, rqb_init, split_encoder, tight_split_range))
+                                 splitter_init, rqb_init, split_encoder, tight_split_range, learned_output_range))
     _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
          segment_seconds, out, run_dir, resume, seed)
 
 
 def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
-                  splitter_init, rqb_init, split_encoder, tight_split_range) -> dict:
+                  splitter_init, rqb_init, split_encoder, tight_split_range, learned_output_range=None) -> dict:
     """The fqse switches as recipe options; None where not given (other recipes refuse set ones)."""
     if no_splitter and input_precision not in (None, "8bit"):
         raise RecipeError(f"--no-splitter contradicts --input-precision {input_precision}")
@@ -160,6 +164,7 @@ def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, o
         splitter_init=splitter_init,
         split_encoder=split_encoder,
         tight_split_range=tight_split_range,
+        pin_output_range=False if learned_output_range else None,
         rqb_init=rqb_init,
     )
 
