@@ -95,7 +95,10 @@ class Runtime(ABC):
     def _run_boundary(self, audio: np.ndarray) -> np.ndarray:
         codes = encode(self.metadata, audio)
         outputs = self.run_codes(codes)
-        self._count_clipping("input", self.metadata.inputs[0], codes, split=bool(self.metadata.splitter))
+        # a spectral file's features have a floor by construction (|X| >= 0, log(|X| + eps)), which calibration
+        # puts at the grid's low end: only their top end clips
+        self._count_clipping("input", self.metadata.inputs[0], codes, split=bool(self.metadata.splitter),
+                             top_only=self.spectral_stage is not None)
         self._count_clipping("output", self.metadata.outputs[0], outputs[0])
         for spec, out in zip(self.metadata.outputs[1:], outputs[1:]):
             # FQSE's RQB residual: at its limits the refinement is partial (the error stays within the
@@ -104,13 +107,14 @@ class Runtime(ABC):
         decoded = decode(self.metadata, outputs)
         return decoded if self.spectral_stage is not None else decoded[:, : audio.shape[-1]]
 
-    def _count_clipping(self, where: str, spec: TensorSpec, codes: np.ndarray, split: bool = False) -> None:
+    def _count_clipping(self, where: str, spec: TensorSpec, codes: np.ndarray, split: bool = False,
+                        top_only: bool = False) -> None:
         codes = np.asarray(codes)
         if split:  # FQSE: the high byte at its limits is 16-bit full scale; the low byte never clips
             codes = codes.reshape(-1, 2, codes.shape[-1])[:, 0]
         # a grid that starts at 0 (zero-point at qmin: a magnitude, a ReLU or sigmoid output) holds no clipped
         # values at its low end, only zeros and values below half a step
-        low = codes <= spec.qmin if spec.zero_point > spec.qmin else np.zeros(codes.shape, bool)
+        low = codes <= spec.qmin if spec.zero_point > spec.qmin and not top_only else np.zeros(codes.shape, bool)
         at_limit = int(np.count_nonzero(low | (codes >= spec.qmax)))
         stats = self.clip_counts()
         stats.setdefault(where, [0, 0])

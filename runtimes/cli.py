@@ -74,6 +74,11 @@ def _warn_clipping(runtime: Runtime, model: Path) -> None:
     fraction = runtime.clipping()
     if max(fraction["input"], fraction["output"]) <= CLIP_WARN_FRACTION:
         return
+    if runtime.spectral_stage is not None:
+        click.echo(f"warning: {model}: {fraction['input']:.2%} of the STFT features and {fraction['output']:.2%} of "
+                   "the mask values sat at the int8 limits: the audio is louder than the model's calibration data; "
+                   "re-quantize it on audio at this level (README 'Clipping')", err=True)
+        return
     click.echo(f"warning: {model}: {fraction['input']:.2%} of the input and {fraction['output']:.2%} of the output "
                f"samples clipped at the int8 limits: the audio is louder than the model's calibration level; "
                f"re-export the model with a level stage (README 'Clipping' and 'Level')", err=True)
