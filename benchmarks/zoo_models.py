@@ -122,14 +122,9 @@ def _time_per_chunk(path: Path, threads: int, runs: int = 30, warmup: int = 5) -
 
         def invoke() -> None:
             session.run(None, {spec.name: x})
-    for _ in range(warmup):
-        invoke()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        invoke()
-        times.append((time.perf_counter() - start) * 1000)
-    return round(float(np.median(times)), 3)
+    from benchmarks.device_runner import time_runs
+
+    return round(float(np.median(time_runs(invoke, runs, warmup))), 3)
 
 
 def _random(dtype: Any, shape: Any, rng: np.random.Generator) -> np.ndarray:
@@ -163,7 +158,7 @@ def run_model(name: str, work: Path, qat_steps: int, chunk_seconds: float, threa
             "float_ops": report["ops"]["float_op_count"], "verification": report.get("verification"),
             "si_snr": deployed["si_snr"],
             "snr_vs_simulation_db": _snr_db(quality["qat"]["outputs"], deployed["outputs"]),
-            "gbops": model_bops(path)["gbops"] if "gbops" in model_bops(path) else None,
+            "gbops": model_bops(path).get("gbops"),
             "ms_per_chunk": _time_per_chunk(path, threads),
         }
     chunk_samples = int(round(chunk_seconds * 16000))

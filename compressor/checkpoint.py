@@ -130,7 +130,9 @@ def save_float(path: str | Path, model: nn.Module, arch: ArchSpec, info: dict[st
 
 def save_quantized(path: str | Path, qmodel: QuantizedModel, arch: ArchSpec,
                    recipe: dict[str, Any], info: dict[str, Any] | None = None) -> Path:
-    core_only = any(isinstance(st, dict) and st.get("kind") == "stft_mask" for st in (recipe or {}).get("stages", []))
+    from compressor.stages.spectral import KIND as SPECTRAL_KIND
+
+    core_only = any(isinstance(st, dict) and st.get("kind") == SPECTRAL_KIND for st in (recipe or {}).get("stages", []))
     payload = {"format": QUANT_FORMAT, "version": FORMAT_VERSION,
                "arch": arch.for_quantized(qmodel, core_only).to_dict(),
                "quant_config": qmodel.config.to_dict(), "example_shapes": qmodel.example_shapes,

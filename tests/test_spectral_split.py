@@ -49,10 +49,26 @@ class LogMasker(nn.Module):
         return torch.istft(spec * torch.sigmoid(self.net(features)), 128, 64, window=self.window, length=x.shape[-1])
 
 
+class RealImagMasker(nn.Module):
+    """Features from spec.real / spec.imag and a mask built with torch.complex, as many people write it."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(128).sqrt())
+        self.net = nn.Conv1d(130, 130, 1)
+
+    def forward(self, x):
+        spec = torch.stft(x, 128, 64, window=self.window, return_complex=True)
+        re, im = self.net(torch.cat([spec.real, spec.imag], 1)).chunk(2, 1)
+        return torch.istft(spec * torch.complex(torch.tanh(re), torch.tanh(im)), 128, 64, window=self.window,
+                           length=x.shape[-1])
+
+
 @pytest.mark.parametrize("make,features,mask,compression", [
     (lambda: SpectralMasker(), "magnitude", "real", ()),
     (lambda: SpectralMasker(mask="complex"), "complex", "complex", ()),
     (LogMasker, "magnitude", "real", (("pow", 2.0), ("add", 1e-8), ("log", 0.0))),
+    (RealImagMasker, "complex", "complex", ()),
 ])
 def test_split_reproduces_the_model_at_lengths_it_never_saw(make, features, mask, compression):
     torch.manual_seed(0)

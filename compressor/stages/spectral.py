@@ -33,24 +33,13 @@ FEATURES = ("magnitude", "complex")
 MASKS = ("real", "complex", "spectrum")
 
 
-_NUMPY_STEPS: dict[str, Callable[[np.ndarray, np.float32], np.ndarray]] = {
-    "pow": lambda x, c: np.power(x, c), "add": lambda x, c: x + c, "mul": lambda x, c: x * c,
-    "clamp_min": lambda x, c: np.maximum(x, c), "log": lambda x, c: np.log(x), "log10": lambda x, c: np.log10(x),
-    "log1p": lambda x, c: np.log1p(x),
+# each step for numpy or torch (``xp``); float32 stays float32 in both
+_STEPS: dict[str, Callable[[Any, float, Any], Any]] = {
+    "pow": lambda x, c, xp: x ** c, "add": lambda x, c, xp: x + c, "mul": lambda x, c, xp: x * c,
+    "clamp_min": lambda x, c, xp: xp.clip(x, c, None), "log": lambda x, c, xp: xp.log(x),
+    "log10": lambda x, c, xp: xp.log10(x), "log1p": lambda x, c, xp: xp.log1p(x),
 }
-COMPRESSIONS = tuple(_NUMPY_STEPS)
-
-
-def _torch_step(op: str, x: Any, c: float) -> Any:
-    if op == "pow":
-        return x.pow(c)
-    if op == "add":
-        return x + c
-    if op == "mul":
-        return x * c
-    if op == "clamp_min":
-        return x.clamp_min(c)
-    return getattr(x, op)()
+COMPRESSIONS = tuple(_STEPS)
 
 
 @dataclass(frozen=True)
@@ -148,14 +137,10 @@ class SpectralStage:
     def features_of(self, spectrum: Any) -> Any:
         """The core's input from X: |X| (..., bins, frames), compressed, or [Re, Im] (..., bins, frames, 2)."""
         if self.features == "magnitude":
-            if isinstance(spectrum, np.ndarray):
-                magnitude = np.abs(spectrum).astype(np.float32)
-                for op, c in self.compression:
-                    magnitude = _NUMPY_STEPS[op](magnitude, np.float32(c)).astype(np.float32)
-                return magnitude
-            magnitude = spectrum.abs()
+            numpy = isinstance(spectrum, np.ndarray)
+            magnitude = np.abs(spectrum).astype(np.float32) if numpy else spectrum.abs()
             for op, c in self.compression:
-                magnitude = _torch_step(op, magnitude, c)
+                magnitude = _STEPS[op](magnitude, np.float32(c) if numpy else c, np if numpy else _torch())
             return magnitude
         if isinstance(spectrum, np.ndarray):
             return np.stack([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)
@@ -207,6 +192,12 @@ class SpectralStage:
             return cls(**values)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"spectral stage: {exc}") from exc
+
+
+def _torch() -> Any:
+    import torch  # only the simulation passes torch tensors; the runtimes stay numpy-only
+
+    return torch
 
 
 def spectral_stage_of(records: list[dict[str, Any]] | None) -> SpectralStage | None:

@@ -4,9 +4,10 @@ A user's spectral model is traced once with ``torch.stft`` and ``torch.istft``
 standing in as two opaque ops (``compress_spectral::stft`` / ``::istft``:
 custom ops whose shapes stay symbolic, where torch's own stft would fix the
 input length). In that graph the STFT's complex output X may be read by
-``abs`` (magnitude features) or ``view_as_real`` (real/imag features), and the
-iSTFT's complex input must be ``X * mask``, ``X * view_as_complex(mask)`` or
-``view_as_complex(spectrum)``. Everything between those reads and the mask is
+``abs`` (magnitude features) or ``view_as_real`` / ``.real`` and ``.imag``
+(real/imag features), and the iSTFT's complex input must be ``X * mask``,
+``X * view_as_complex(mask)``, ``X * complex(re, im)`` or a spectrum
+``view_as_complex(s)`` / ``complex(re, im)``. Everything between those reads and the mask is
 real arithmetic: it becomes the core, a GraphModule that ``quantize`` treats
 like any model, and the rest is recorded as a ``SpectralStage``
 (compressor/stages/spectral.py) that the simulation and the runtimes apply
@@ -26,6 +27,7 @@ from torch import fx, nn
 
 from compressor.errors import UnsupportedOpError
 from compressor.module_mode import set_training
+from compressor.quant.graph import get_attr_value
 from compressor.stages.spectral import SpectralStage
 
 log = logging.getLogger(__name__)
@@ -166,7 +168,7 @@ def _value(gm: fx.GraphModule, node: Any, example: torch.Tensor) -> Any:
     if not isinstance(node, fx.Node):
         return node
     if node.op == "get_attr":
-        return _attr(gm, str(node.target))
+        return get_attr_value(gm, str(node.target))
     values: dict[fx.Node, Any] = {}
 
     class Recorder(fx.Interpreter):
@@ -177,13 +179,6 @@ def _value(gm: fx.GraphModule, node: Any, example: torch.Tensor) -> Any:
 
     Recorder(gm).run(example)
     return values[node]
-
-
-def _attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _feature_dim(node: fx.Node, feature: fx.Node) -> int | None:
@@ -200,21 +195,33 @@ def _feature_dim(node: fx.Node, feature: fx.Node) -> int | None:
     return None
 
 
-def _mask_of(spectrum_in: fx.Node, stft: fx.Node) -> tuple[str, fx.Node]:
-    """(mask kind, the real node the core outputs) from the iSTFT's complex input."""
-    if spectrum_in.target == aten.view_as_complex.default:
-        return "spectrum", spectrum_in.args[0]
+def _complex_parts(node: fx.Node) -> list[fx.Node] | None:
+    """The real node(s) a complex value is built from: [m] for view_as_complex(m) (last axis 2), [re, im] for
+    torch.complex(re, im); None for anything else."""
+    if node.target == aten.view_as_complex.default:
+        return [node.args[0]]
+    if node.target == aten.complex.default and all(isinstance(a, fx.Node) for a in node.args[:2]):
+        return list(node.args[:2])
+    return None
+
+
+def _mask_of(spectrum_in: fx.Node, stft: fx.Node) -> tuple[str, list[fx.Node]]:
+    """(mask kind, the real node(s) the core outputs) from the iSTFT's complex input."""
+    parts = _complex_parts(spectrum_in)
+    if parts is not None:
+        return "spectrum", parts
     if spectrum_in.target in (aten.mul.Tensor,) and len(spectrum_in.args) == 2:
         a, b = spectrum_in.args
         other = b if a is stft else a if b is stft else None
         if isinstance(other, fx.Node):
-            if other.target == aten.view_as_complex.default:
-                return "complex", other.args[0]
+            parts = _complex_parts(other)
+            if parts is not None:
+                return "complex", parts
             if not _is_complex(other):
-                return "real", other
+                return "real", [other]
     raise _refuse(f"the iSTFT's input is {getattr(spectrum_in.target, '__name__', spectrum_in.target)}; "
-                  "supported: X * mask, X * torch.view_as_complex(mask) or torch.view_as_complex(spectrum), with X "
-                  "the STFT itself", spectrum_in)
+                  "supported: X * mask, X * torch.view_as_complex(mask), X * torch.complex(re, im), or a spectrum "
+                  "torch.view_as_complex(s) / torch.complex(re, im), with X the STFT itself", spectrum_in)
 
 
 _UNARY = {aten.log.default: "log", aten.log10.default: "log10", aten.log1p.default: "log1p"}
@@ -282,26 +289,34 @@ def split_spectral(model: nn.Module, example: torch.Tensor) -> SpectralSplit:
         raise _refuse("the model must return the iSTFT's output itself (one source, (batch, T))", istft)
 
     readers = [u for u in stft.users if u is not spectrum_in]  # the mask product reads X too
-    features = [u for u in readers if u.target in (aten.abs.default, aten.view_as_real.default)]
-    others = [u for u in readers if u not in features]
-    if len(features) != 1 or others:
-        bad = (others or features or [stft])[0]
-        raise _refuse("the STFT may be read once by abs() (magnitude) or torch.view_as_real() (real and imaginary "
-                      f"parts) and by the mask product; found {', '.join(str(u.target) for u in readers) or 'none'}",
-                      bad)
-    feature = features[0]
+    # what the core's input stands for: the node itself (index None) or one part of [Re, Im] on the last axis
+    boundary: dict[fx.Node, int | None]
+    if sorted(str(u.target) for u in readers) == ["aten.imag.default", "aten.real.default"]:
+        boundary = {u: 0 if u.target == aten.real.default else 1 for u in readers}  # X.real and X.imag
+    else:
+        features = [u for u in readers if u.target in (aten.abs.default, aten.view_as_real.default)]
+        others = [u for u in readers if u not in features]
+        if len(features) != 1 or others:
+            bad = (others or features or [stft])[0]
+            raise _refuse("the STFT may be read once by abs() (magnitude) or torch.view_as_real() (real and "
+                          "imaginary parts; or by .real and .imag), and by the mask product; found "
+                          f"{', '.join(str(u.target) for u in readers) or 'none'}", bad)
+        boundary = {features[0]: None}
+    feature = next(iter(boundary))  # its sizes are the features' first dimensions
+    complex_features = feature.target in (aten.view_as_real.default, aten.real.default, aten.imag.default)
     compression: list[tuple[str, float]] = []
     if feature.target == aten.abs.default:
         feature, compression = _compression_chain(feature)
-    mask_kind, mask = _mask_of(spectrum_in, stft)
+        boundary = {feature: None}
+    mask_kind, masks = _mask_of(spectrum_in, stft)
 
     # the core: what the mask needs, back to the features (and constants)
     core: set[fx.Node] = set()
     sizes: dict[fx.Node, int] = {}  # symbolic sizes the core reads, as the features' own dimensions
-    stack: list[tuple[fx.Node, fx.Node]] = [(mask, mask)]  # (node, the core node that reads it)
+    stack: list[tuple[fx.Node, fx.Node]] = [(m, m) for m in masks]  # (node, the core node that reads it)
     while stack:
         node, reader = stack.pop()
-        if node in core or node is feature or node in sizes:
+        if node in core or node in boundary or node in sizes:
             continue
         dim = _feature_dim(node, feature)
         if dim is not None:  # e.g. the frame count computed from the waveform's length: read it off the features
@@ -314,16 +329,20 @@ def split_spectral(model: nn.Module, example: torch.Tensor) -> SpectralSplit:
         core.add(node)
         stack.extend((n, node) for n in node.all_input_nodes)
     graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {feature: graph.placeholder("features")}
+    placeholder = graph.placeholder("features")
+    env: dict[fx.Node, fx.Node] = {
+        node: placeholder if index is None else graph.call_function(aten.select.int, (placeholder, -1, index))
+        for node, index in boundary.items()}
     for node, dim in sizes.items():
-        env[node] = graph.call_function(aten.sym_size.int, (env[feature], dim))
+        env[node] = graph.call_function(aten.sym_size.int, (placeholder, dim))
     for node in nodes:
         if node in core:
             env[node] = graph.node_copy(node, lambda n: env[n])
-    graph.output(env[mask])
+    outputs = [env[m] for m in masks]
+    graph.output(outputs[0] if len(outputs) == 1 else graph.call_function(aten.stack.default, (outputs, -1)))
     core_gm = fx.GraphModule(gm, graph)
     stage = SpectralStage(n_fft=n_fft, hop_length=hop, window=window_values, center=center, normalized=normalized,
-                          features="complex" if feature.target == aten.view_as_real.default else "magnitude",
+                          features="complex" if complex_features else "magnitude",
                           mask=mask_kind, compression=tuple(compression))
     split = SpectralSplit(stage, core_gm)
     _check(model, split, example)
