@@ -69,6 +69,10 @@ def _level():
     return _sibling("level.py", "compressor/stages/level.py", "the level stage")
 
 
+def _ort_cpu():
+    return _sibling("ort_cpu.py", "exporters/ort_cpu.py", "the check of onnxruntime's int8 kernels on this CPU")
+
+
 class _Boundary:
     """One tensor at the file's boundary and how its values map to real ones.
 
@@ -168,6 +172,12 @@ class FileModel:
         except Exception as exc:  # ORT raises its own exception types
             raise ModelFileError(f"{self.path}: onnxruntime cannot load it ({exc})") from exc
         self._metadata_text = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if self._metadata_text and _ort_cpu().int8_products_saturate() and _ort_cpu().weights_may_saturate(
+                json.loads(self._metadata_text).get("model", {}).get("quant_config")):
+            # this CPU's int8 MAC kernels would saturate on the file's 8-bit weights: run its QDQ ops in float,
+            # exact, as the product's runtimes do here (exporters/sessions.py)
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         first = self._session.get_inputs()[0]
         self._input_name = first.name
         for tensor in [first, *self._session.get_outputs()]:

@@ -2,8 +2,9 @@
 
 The folder holds the model file, ``runner.py`` (``benchmarks/device_runner.py``:
 numpy plus onnxruntime or ai-edge-litert, nothing else), ``io_codec.py``
-(the FQSE splitter/combiner), ``level.py`` (the level stage) and
-``chunking.py`` (all numpy only), a few test clips as 16-bit WAVs
+(the FQSE splitter/combiner), ``level.py`` (the level stage),
+``chunking.py`` (all numpy only) and ``ort_cpu.py`` (whether onnxruntime's int8
+kernels are exact on the device's CPU; standard library), a few test clips as 16-bit WAVs
 with their input SNRs, and ``model_info.json`` (size by bit width and BOPs,
 computed here since they do not depend on the device). On the device::
 
@@ -33,6 +34,7 @@ RUNNER = Path(device_runner.__file__)
 IO_CODEC = Path(__file__).resolve().parent.parent / "compressor" / "fqse" / "io_codec.py"
 CHUNKING = Path(__file__).resolve().parent.parent / "runtimes" / "chunking.py"
 LEVEL = Path(__file__).resolve().parent.parent / "compressor" / "stages" / "level.py"
+ORT_CPU = Path(__file__).resolve().parent.parent / "exporters" / "ort_cpu.py"
 
 
 def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -80,6 +82,7 @@ def pack(model: str | Path, folder: str | Path, data: str = "demo", clips: int =
     shutil.copyfile(IO_CODEC, folder / "io_codec.py")
     shutil.copyfile(CHUNKING, folder / "chunking.py")
     shutil.copyfile(LEVEL, folder / "level.py")
+    shutil.copyfile(ORT_CPU, folder / "ort_cpu.py")
     dataset = eval_set(data)
     listing = []
     for index in pick_clips(dataset, clips):

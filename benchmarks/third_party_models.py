@@ -290,7 +290,8 @@ def _run_step(cmd: list[str], timeout: int, log_path: Path) -> dict:
     floats = [ln.strip() for ln in text.splitlines() if "float compute ops" in ln]
     if floats:
         step["float_compute_ops"] = floats[-1]
-    subs = [ln.strip() for ln in text.splitlines() if ln.startswith("INFO compressor") and "substituted" in ln]
+    subs = [ln.strip() for ln in text.splitlines() if ln.startswith(("INFO compressor", "WARNING compressor")) and
+            ("substituted" in ln or "runs only at input lengths" in ln)]
     if subs:
         step["substitutions"] = subs
     said = [ln.strip() for ln in text.splitlines() if ln.startswith(("wrote ", "warning:"))]
@@ -311,11 +312,48 @@ def _demo_wav(work: Path) -> Path:
     return wav
 
 
+def briefly_trained(model: torch.nn.Module, steps: int, seed: int = 0) -> tuple[torch.nn.Module, float]:
+    """``model`` after ``steps`` Adam steps (lr 1e-3, batches of 4 one-second demo crops) of negative SI-SNR with
+    PIT, against [speech, noise] for a 2-source model (the mixture minus the speech) or the speech for one source;
+    and the SI-SNR (dB) of the last 20 steps. Untrained separators amplify 1-LSB differences between runtimes
+    layer after layer (an output 27-35 dB below the input), which trained ones do not; a few hundred steps give
+    weights of the trained kind."""
+    from compressor.data import open_dataset
+    from compressor.losses import neg_si_snr_loss
+
+    data = open_dataset("demo", segment_seconds=1.0)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        items = [data[int(i)] for i in torch.randint(len(data), (4,), generator=generator)]
+        mixture = torch.stack([it["mixture"] for it in items])
+        speech = torch.stack([it["sources"][0] for it in items])
+        estimates = model(mixture)
+        estimates = estimates if estimates.dim() == 3 else estimates.unsqueeze(1)
+        references = torch.stack([speech, mixture - speech], 1)[:, :estimates.shape[1]]
+        loss = neg_si_snr_loss(estimates, references)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        losses.append(float(loss))
+    model.eval()
+    return model, -sum(losses[-20:]) / len(losses[-20:])
+
+
 def run_model(name: str, work: Path, chunk_seconds: float, timeout: int, calib_batches: int, threads: int,
-              targets: tuple[str, ...] = ("onnx", "tflite")) -> dict:
+              targets: tuple[str, ...] = ("onnx", "tflite"), weight_bits: int = 8, train_steps: int = 0) -> dict:
     compress = str(Path(sys.executable).with_name("compress"))
     factory = f"benchmarks.third_party_models:make_{name}"
     model = FACTORIES[name]()
+    trained_si_snr = None
+    if train_steps:
+        started = time.time()
+        model, trained_si_snr = briefly_trained(model, train_steps)
+        print(f"  trained {train_steps} steps in {time.time() - started:.0f} s: SI-SNR {trained_si_snr:.2f} dB",
+              flush=True)
     state = work / f"{name}_float.pt"
     torch.save(model.state_dict(), state)
     n_params = sum(p.numel() for p in model.parameters())
@@ -323,11 +361,13 @@ def run_model(name: str, work: Path, chunk_seconds: float, timeout: int, calib_b
         y = model(torch.randn(2, SAMPLE_RATE // 2))
     record: dict = {"model": name, "class": f"asteroid.models.{CLASSES[_base(name)]}",
                     "config": CONFIGS[_base(name)], "patch": PATCHES.get(name),
-                    "parameters": n_params, "float_output_shape_for_[2,8000]": list(y.shape), "steps": {}}
+                    "parameters": n_params, "float_output_shape_for_[2,8000]": list(y.shape), "steps": {},
+                    "weight_bits": weight_bits, "train_steps": train_steps, "trained_si_snr_db": trained_si_snr}
     qpath = work / f"{name}.pt"
     steps = record["steps"]
     steps["ptq"] = _run_step([compress, "ptq", str(state), "--model-factory", factory, "--data", "demo",
-                              "--calib-batches", str(calib_batches), "--out", str(qpath), "--threads", str(threads), "-v"],
+                              "--calib-batches", str(calib_batches), "--weight-bits", str(weight_bits),
+                              "--out", str(qpath), "--threads", str(threads), "-v"],
                              timeout, work / f"{name}.ptq.log")
     wav = _demo_wav(work)
     for target in targets:
@@ -412,22 +452,19 @@ NOTES = {
               "floor, as the `patched` row's file did with `--tolerance-lsb 16` (21.8 dB): the same unrolled "
               "LSTMs of the transformer layers' feed-forward (see dptnet_patched; that row's per-op refusal is "
               "from an older run).",
-    "sudormrf": "ptq now stops at once with the one-line error above: after tracing, quantize() "
-                "(compressor/quant/trace_errors.py `check_dynamic_axes`) sees that torch.export replaced the "
-                "time axis it asked for as Dim.AUTO by the constant 32000, runs the model eagerly at 16000 samples "
-                "(it runs there), and names the line from the shape guard that fixed it. Root cause: "
-                "asteroid/models/sudormrf.py:184 `values_to_pad = int(x.shape[-1]) % lcm` then "
-                "`if values_to_pad:` (in `pad`, called by `_Padder.forward`): `int()` of the symbolic length "
-                "makes torch.export specialize the time axis to the 2 s calibration crop. Before, quantize() "
-                "accepted that program and ptq wrote the checkpoint; export then ran it at the 0.5 s chunk length "
-                "and torch's input guard failed, printed as a raw traceback (`AssertionError: Guard failed: "
-                "wav.size()[1] == 32000`, exporters/api.py:98 `deploy_metadata` -> "
-                "`qmodel(torch.zeros(input_shape))`). The `patched` row (branch-free pad) goes through. Earlier "
-                "in this session ptq failed sooner, with `KeyError: 'encoder.filterbank._filters'` from "
-                "compressor/quant/graph.py:303: sudormrf.py:174 `self.filterbank = self.encoder.filterbank` "
-                "registers the filterbank under a second module path and the planner looked weights up in the "
-                "deduplicated `named_parameters()`; the toolkit now reads them with `get_attr_value` and that "
-                "step passes.",
+    "sudormrf": "Goes through as shipped since quantize() traces a length-specializing model a second time "
+                "with TorchDynamo (compressor/quant/length_multiple.py): asteroid/models/sudormrf.py:184 "
+                "`values_to_pad = int(x.shape[-1]) % lcm` then `if values_to_pad:` (in `pad`, called by "
+                "`_Padder.forward`) makes torch.export's default (non-strict) tracing fix the time axis to the 2 s "
+                "calibration crop; strict tracing keeps it symbolic and asks for `t = 20*_t`, so the program is "
+                "exported at multiples of lcm = 20 samples, and other lengths are zero-padded to the next "
+                "multiple and cropped back, which is what `pad` and the model's own crop do (checked against "
+                "the model at a length that is not a multiple). Before, ptq stopped with the one-line error "
+                "naming that line (and before that, export failed on torch's raw `Guard failed: "
+                "wav.size()[1] == 32000`). Run with `--weight-bits 7`: with 8-bit weights its ONNX file is "
+                "exact, but onnxruntime's int8 convolutions saturate on this CPU (AVX2 without VNNI; the "
+                "encoder's random filterbank reached 99 LSB), where sessions now run such a file with QDQ "
+                "fusion off. The `patched` row (branch-free pad) is from an earlier run.",
     "dcunet": "asteroid/masknn/convolutional.py:546 `torch.from_numpy(self.encoders_stride_product)` hands the "
               "(constant) stride product to `_fix_dcu_input_dims` as a tensor, and line 556 "
               "`int(encoders_stride_product[0])` reads it back: a data-dependent int under torch.export. Not "
@@ -515,6 +552,9 @@ def _needed(rec: dict) -> str:
     for m in re.finditer(r"substituted (\d+) norm_idiom module\(s\) \([^)]*\): ([\w.]+) -> (GroupNorm\(\w, C\)|"
                          r"ChannelNorm\(C\))", subs):
         parts.append(f"{m[1]} {m[2].rsplit('.', 1)[-1]} swapped for {m[3]} (norm_idiom)")
+    m = re.search(r"runs only at input lengths that are a multiple of (\d+) samples", subs)
+    if m:
+        parts.append(f"traced strictly (TorchDynamo) at multiples of {m[1]} samples, other lengths zero-padded")
     m = re.search(r"substituted (\d+) norm op\(s\)", subs)
     if m:
         parts.append(f"{m[1]} GroupNorm decomposed")
@@ -567,7 +607,10 @@ def render_md(results: dict) -> str:
             run = "— (" + st.get("run_onnx", not_run)["skipped"] + ")"
         exp = ["not run" if k not in st else "—" if st[k].get("skipped") else _step_cell(st[k])
                for k in ("export_onnx", "export_tflite")]
-        lines.append(f"| {label} | {_cfg(r['config'])} ({r['parameters']:,} params) | {_needed(r)} | "
+        bits = ", 7-bit weights (onnxruntime on this CPU)" if r.get("weight_bits") == 7 else ""
+        if r.get("train_steps"):
+            bits += f", trained {r['train_steps']} steps: SI-SNR {r['trained_si_snr_db']:.1f} dB"
+        lines.append(f"| {label} | {_cfg(r['config'])} ({r['parameters']:,} params{bits}) | {_needed(r)} | "
                      f"{_step_cell(st['ptq'])} | {exp[0]} | {exp[1]} | {run} |")
     lines += ["", "## Failures: exact messages and root causes", ""]
     for name in order:
@@ -611,6 +654,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=RESULTS / "asteroid.json",
                     help="results file; models already in it and not run now are kept")
     ap.add_argument("--targets", default="onnx,tflite", help="export targets, in this order")
+    ap.add_argument("--train-steps", type=int, default=0,
+                    help="train each float model this many steps on the demo data first (0: random weights)")
+    ap.add_argument("--weight-bits", type=int, default=8,
+                    help="--weight-bits of compress ptq (7: onnxruntime's MAC kernels on x86 without VNNI)")
     ap.add_argument("--render-only", action="store_true", help="only write the Markdown from the JSON")
     ap.add_argument("--traced-ops-only", action="store_true",
                     help="only (re)compute the traced-op counts of --models into the JSON, then render")
@@ -627,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             print(f"== {name}", flush=True)
             rec = run_model(name, args.work, args.chunk_seconds, args.step_timeout, args.calib_batches, args.threads,
-                            tuple(args.targets.split(",")))
+                            tuple(args.targets.split(",")), args.weight_bits, args.train_steps)
             rec["chunk_seconds"] = args.chunk_seconds
             rec["traced_ops"] = traced_ops(name)
             results[name] = rec

@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 from compressor.errors import ExportError
 from exporters.lowering import LoweredModel
 from exporters.metadata import METADATA_KEY, DeployMetadata
+from exporters.sessions import ort_session_options
 
 log = logging.getLogger(__name__)
 OPSET = 20
@@ -474,8 +475,7 @@ def intermediate_tensors(path: Path, onnx_names: dict[str, str], codes: np.ndarr
         for value in wanted.values():
             if value not in existing:
                 model.graph.output.append(helper.make_empty_tensor_value_info(value))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options, _ = ort_session_options(model, name=str(path))  # the kernels the file's own session runs
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         _TENSOR_SESSION[key] = (session, wanted)
     session, wanted = _TENSOR_SESSION[key]

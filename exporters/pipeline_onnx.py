@@ -34,6 +34,7 @@ from compressor.fileio import atomic_path
 from compressor.stages.level import run_with_gain
 from exporters.io_processing import decode, encode
 from exporters.metadata import METADATA_KEY, DeployMetadata, TensorSpec
+from exporters.sessions import ort_session_options
 
 PCM_IN, PCM_OUT, WAV_IN = "pcm", "pcm_out", "wav"
 EXTENSIONS_DOMAIN = "ai.onnx.contrib"  # onnxruntime-extensions' custom ops
@@ -209,8 +210,8 @@ def wav_session(model: onnx.ModelProto | str | Path):
     except ImportError as exc:
         raise ExportError("the WAV-bytes pipeline needs onnxruntime-extensions (pip install "
                           "onnxruntime-extensions)") from exc
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    options, _ = ort_session_options(proto, name="the WAV pipeline")
     options.register_custom_ops_library(get_library_path())
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -261,8 +262,7 @@ def write_pipeline(core_path: str | Path, out: str | Path, chunks: Sequence[np.n
         session = wav_session(model)
     else:
         model = build_pipeline(onnx.load(str(core_path)), meta)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options, _ = ort_session_options(model, name=str(core_path))
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     if not chunks:
         rng = np.random.default_rng(seed)

@@ -5,12 +5,17 @@ with PCM, chunking and resampling is ``runtimes`` (which builds on this).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from compressor.errors import RuntimeLoadError
 from exporters.metadata import METADATA_KEY, DeployMetadata
+from exporters.ort_cpu import SATURATION_FREE_WEIGHT, int8_products_saturate
+
+log = logging.getLogger(__name__)
 
 
 class OnnxSession:
@@ -19,22 +24,22 @@ class OnnxSession:
     ``integer_kernels=False`` switches ORT's QDQ fusion off: every op then runs
     in float between DequantizeLinear and QuantizeLinear, the reference
     semantics of the file, apart from ORT's int8 kernels (which saturate on
-    x86 CPUs without VNNI, see DESIGN.md).
+    x86 CPUs without VNNI, see DESIGN.md); None (default): on where they are
+    exact for the file (``ort_session_options``).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int | None = None, integer_kernels: bool = True) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, integer_kernels: bool | None = None) -> None:
+        import onnx
         import onnxruntime as ort
 
         self.path = Path(path)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        if not integer_kernels:
-            options.add_session_config_entry("session.disable_quant_qdq", "1")
+        try:
+            model = onnx.load(str(self.path), load_external_data=False)
+        except Exception as exc:  # a truncated or foreign file: onnx raises DecodeError and others
+            raise RuntimeLoadError(f"{self.path}: not an ONNX file ({_first_line(exc)})") from exc
+        options, integer_kernels = ort_session_options(model, threads, integer_kernels, name=str(self.path))
         _register_extensions(options)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
@@ -94,6 +99,67 @@ class LiteRTSession:
         self.interpreter.set_tensor(self._input, codes)
         self.interpreter.invoke()
         return [self.interpreter.get_tensor(i).copy() for i in self._outputs]
+
+
+def ort_int8_products_saturate() -> bool:
+    """True on an x86 CPU without VNNI, where onnxruntime's int8 MAC kernels saturate with 8-bit weights."""
+    return int8_products_saturate()
+
+
+_MAC_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+
+def has_saturating_weights(model: Any) -> bool:
+    """True when a Conv/Gemm/MatMul of the QDQ ``model`` (an onnx.ModelProto) takes int8 weight codes beyond +-64
+    (8-bit weights), the ones onnxruntime's MAC kernels saturate on x86 without VNNI."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    weight_inputs = {n.input[1] for n in model.graph.node if n.op_type in _MAC_OPS and len(n.input) > 1}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.output[0] not in weight_inputs or node.input[0] not in inits:
+            continue
+        codes = numpy_helper.to_array(inits[node.input[0]])
+        if codes.dtype == np.int8 and codes.size and int(np.abs(codes.astype(np.int16)).max()) > SATURATION_FREE_WEIGHT:
+            return True
+    return False
+
+
+def integer_kernels_exact(model: Any) -> bool:
+    """Whether onnxruntime's fused int8 kernels compute ``model`` exactly on this CPU."""
+    return not (ort_int8_products_saturate() and has_saturating_weights(model))
+
+
+def ort_session_options(model: Any, threads: int | None = None, integer_kernels: bool | None = None,
+                        name: str = "the file") -> tuple[Any, bool]:
+    """onnxruntime SessionOptions for the QDQ ``model`` (onnx.ModelProto) and whether its int8 kernels are on.
+
+    ``integer_kernels=None`` (the default everywhere): on, unless this CPU's int8 MAC kernels would saturate on the
+    model's weights (x86 without VNNI, 8-bit weights); then ORT's QDQ fusion is off and every op runs in float
+    between DequantizeLinear and QuantizeLinear, the file's reference semantics, exact to the simulation (slower;
+    the warning says so). On ARM and VNNI CPUs the same file runs on the int8 kernels.
+    """
+    import onnxruntime as ort
+
+    if integer_kernels is None:
+        integer_kernels = integer_kernels_exact(model)
+        if not integer_kernels and name not in _WARNED:
+            _WARNED.add(name)
+            log.warning("%s: onnxruntime's int8 convolutions and matmuls on this CPU (x86 without VNNI) saturate "
+                        "with its 8-bit weights, so it runs with its QDQ ops in float (exact, slower); the file "
+                        "runs on int8 kernels on ARM and VNNI CPUs, and here with 7-bit weights (--weight-bits 7)",
+                        name)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not integer_kernels:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return options, integer_kernels
+
+
+_WARNED: set[str] = set()
 
 
 def open_session(path: str | Path, threads: int | None = None, **options: object) -> OnnxSession | LiteRTSession:

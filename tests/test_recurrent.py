@@ -113,3 +113,27 @@ def test_a_linear_after_the_recurrence_stays_integer_in_onnx(tmp_path):
     calibration = [(torch.randn(1, 1600) * 0.1).numpy()]
     result = export(qm, "onnx", tmp_path / "m.onnx", config=cfg, calibration=calibration)
     assert result.ops["float_op_count"] == 0 and result.verification.passed
+
+
+class LstmMasker(Enhancer):
+    """The same masker with an LSTM, whose cell state a precision rule can widen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.LSTM(16, 16, batch_first=True)
+
+
+def test_a_precision_rule_naming_the_cell_state_widens_it_and_nothing_else():
+    from compressor.quant import QuantConfig
+    from compressor.quant.precision import precision_overrides
+
+    torch.manual_seed(0)
+    model = LstmMasker().eval()
+    x = torch.randn(2, 800) * 0.1
+    widened = quantize(model, x, QuantConfig(overrides=precision_overrides(["#rnn_*_cell=a16"])))
+    bits = {name: q.bits for name, q in widened.activation_quantizers().items() if hasattr(q, "bits")}
+    cells = {name for name in bits if name.startswith("rnn_") and name.endswith("_cell")}
+    assert cells and all(bits[name] == 16 for name in cells)
+    assert all(b == 8 for name, b in bits.items() if name not in cells)
+    plain = quantize(model, x)
+    assert all(q.bits == 8 for name, q in plain.activation_quantizers().items() if name in cells)

@@ -354,16 +354,18 @@ def insert_recurrence(gm: fx.GraphModule, planner: _Planner, node: fx.Node, root
         if out is not None and out in planner.group_of:
             return planner.group_of[out].root().name
         name = f"{base}_{suffix}"  # e.g. an LSTM whose last cell state nobody reads
-        root.add_module(name, ActivationQuantizer(planner.config.activation_bits, planner.config.learn_zero_point,
+        root.add_module(name, ActivationQuantizer(bits_of(suffix), planner.config.learn_zero_point,
                                                   planner.config.ema_decay))
         added += 1
         return name
 
+    def bits_of(suffix: str) -> int:  # a rule may name a cell tensor, '#rnn_lstm_scan_cell=a16'
+        return precision_of(node, planner.config, tensor=f"{base}_{suffix}").activation_bits
+
     names["state"] = grid(0, "state")
     if cell == "lstm":
         names["cell"] = grid(2, "cell")
-    bits = precision_of(node, planner.config).activation_bits
-    for name, quantizer in cell_quantizers(cell, bits, planner.config.learn_zero_point,
+    for name, quantizer in cell_quantizers(cell, bits_of, planner.config.learn_zero_point,
                                            planner.config.ema_decay).items():
         root.add_module(f"{base}_{name}", quantizer)
         names[name] = f"{base}_{name}"

@@ -22,7 +22,8 @@ from compressor.quant.quantizers import (
     FixedQParamsQuantizer,
     WeightQuantizer,
 )
-from compressor.quant.trace_errors import check_dynamic_axes, explain_export_failure
+from compressor.quant.length_multiple import length_multiple, run_padded, trace_at_multiples
+from compressor.quant.trace_errors import LengthFixedError, check_dynamic_axes, explain_export_failure
 from compressor.recurrent.substitute import substitute_recurrent
 
 log = logging.getLogger("compressor.quant")
@@ -47,8 +48,12 @@ class QuantizedModel(nn.Module):
         # The serialized program the quantizers were planned on: a checkpoint holding it rebuilds this exact
         # graph (quantizer names derive from node names, and a re-trace may number nodes differently).
         self.traced_program = traced_program
+        # > 1 for a model that runs only at multiples of this many samples (compressor/quant/length_multiple.py)
+        self.length_multiple = length_multiple(graph_module)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.length_multiple > 1:
+            return run_padded(self.graph_module, self.length_multiple, args, kwargs)
         return self.graph_module(*args, **kwargs)
 
     def train(self, mode: bool = True) -> "QuantizedModel":
@@ -189,7 +194,12 @@ def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
     finally:
         set_training(model, was_training)
     if every_axis:  # an axis torch.export fixed although the model runs at other sizes: say so now, not at export
-        check_dynamic_axes(model, program, example_inputs)
+        try:
+            check_dynamic_axes(model, program, example_inputs)
+        except LengthFixedError as exc:  # strict tracing may keep it as a multiple of some size instead
+            program = trace_at_multiples(model, example_inputs, exc.axis)
+            if program is None:
+                raise
     table = decomposition_table(substitutions)
     log_decompositions(program.graph, SUBSTITUTIONS if substitutions is None else substitutions)
     if any(node.target in table for node in program.graph.nodes):

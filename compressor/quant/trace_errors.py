@@ -186,9 +186,17 @@ def _guard_location(program: torch.export.ExportedProgram, size: int, roots: tup
     return None
 
 
+class LengthFixedError(UnsupportedOpError):
+    """torch.export fixed an input axis at a line of the user's code (``axis``: which one)."""
+
+    def __init__(self, message: str, axis: int) -> None:
+        super().__init__(message)
+        self.axis = axis
+
+
 def check_dynamic_axes(model: nn.Module, program: torch.export.ExportedProgram,
                        example_inputs: Sequence[torch.Tensor]) -> None:
-    """Raise UnsupportedOpError when torch.export fixed the last (time) axis of an input, which the toolkit asked
+    """Raise LengthFixedError when torch.export fixed the last (time) axis of an input, which the toolkit asked
     to be dynamic (its example size > 1), although the model runs eagerly at another size: e.g. ``int(x.shape[-1]) % m`` and a
     Python ``if`` on it make the program accept the calibration crop's length only, and export, which runs the
     program at its chunk length, would fail on torch's raw guard. An axis the model itself fixes (eagerly it
@@ -219,11 +227,11 @@ def check_dynamic_axes(model: nn.Module, program: torch.export.ExportedProgram,
             if other is None:
                 continue
             at = f" at {where}"
-            raise UnsupportedOpError(
+            raise LengthFixedError(
                 f"torch.export fixed axis {axis} of {type(model).__name__}'s input {name!r} to {size}: the traced "
                 f"program only accepts {size} samples there (the model itself runs at {other}){at} — the code "
                 "turns a size into a Python int (int(x.shape[-1]), a Python `if` on it); compute it from x.shape "
-                "branch-free (e.g. F.pad(x, [0, (-x.shape[-1]) % m])) so that every length traces"
+                "branch-free (e.g. F.pad(x, [0, (-x.shape[-1]) % m])) so that every length traces", axis
             )
 
 

@@ -42,6 +42,10 @@ def augmented(train_set: Dataset, cfg: Any) -> Dataset:
 #: -9.4 dB: its DC offset (half its peak) became steps between chunks, -4.6 dB against float.
 EQUIVARIANCE_DB = 30.0
 PROBE_GAINS = (0.25, 4.0)
+#: An output whose float peak behind the stage stays below this fraction of the target (-12 dB) keeps a
+#: calibrated grid: pinned to +-target it would use a few codes (an untrained model's output sits 27-35 dB
+#: below its input; asteroid's models with random weights, benchmarks/third_party_models.py).
+PINNED_OUTPUT_MIN_RATIO = 0.25
 
 
 @torch.no_grad()
@@ -87,12 +91,37 @@ def input_range_rule(qmodel: Any, stage: LevelStage) -> PrecisionOverride:
     return _peak_grid_rule(qmodel, inputs[0], stage)
 
 
-def output_range_rules(qmodel: Any, stage: LevelStage) -> list[PrecisionOverride]:
-    """The precision rules that give each model output the input's grid behind ``stage`` (see ``pin_io_ranges``)."""
+def output_range_rules(qmodel: Any, stage: LevelStage, output_peaks: list[float] | None = None
+                       ) -> list[PrecisionOverride]:
+    """The precision rules that give each model output the input's grid behind ``stage`` (see ``pin_io_ranges``);
+    with ``output_peaks`` (the float model's, behind the stage), not to an output far quieter than the target."""
     from compressor.fqse.io_config import io_quantizers
 
     _, outputs = io_quantizers(qmodel)
-    return [_peak_grid_rule(qmodel, name, stage) for name in outputs]
+    rules = []
+    for i, name in enumerate(outputs):
+        peak = output_peaks[i] if output_peaks is not None and i < len(output_peaks) else None
+        if peak is not None and peak < PINNED_OUTPUT_MIN_RATIO * stage.target_peak:
+            log.info("output %d peaks at %.1f dB below the level stage's target: its grid is calibrated, not pinned "
+                     "to +-target", i, 20 * math.log10(stage.target_peak / max(peak, 1e-30)))
+            continue
+        rules.append(_peak_grid_rule(qmodel, name, stage))
+    return rules
+
+
+@torch.no_grad()
+def output_peaks(float_model: torch.nn.Module, batches: list[torch.Tensor], stage: LevelStage) -> list[float]:
+    """The median, over items, of each output's peak when ``float_model`` runs behind ``stage``."""
+    set_training(float_model, False)
+    peaks: list[list[torch.Tensor]] = []
+    for batch in batches[:4]:
+        out = float_model(batch * stage.gain(batch))
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        for i, o in enumerate(o for o in outs if isinstance(o, torch.Tensor)):
+            if len(peaks) <= i:
+                peaks.append([])
+            peaks[i].append(o.detach().abs().reshape(o.shape[0], -1).amax(dim=1) if o.dim() > 1 else o.abs().max()[None])
+    return [float(torch.cat(p).median()) for p in peaks]
 
 
 def _peak_grid_rule(qmodel: Any, name: str, stage: LevelStage) -> PrecisionOverride:
@@ -100,7 +129,7 @@ def _peak_grid_rule(qmodel: Any, name: str, stage: LevelStage) -> PrecisionOverr
     return PrecisionOverride(tensor=name, scale=stage.target_peak / (quantizer.qmax - 1), zero_point=0)
 
 
-def pin_io_ranges(qmodel: Any, stage: LevelStage | None) -> None:
+def pin_io_ranges(qmodel: Any, stage: LevelStage | None, output_peaks: list[float] | None = None) -> None:
     """Behind the stage no chunk peaks above ``target_peak``: the input grid covers exactly +-target_peak,
     and so does each output's, in PTQ and in QAT (not learned).
 
@@ -121,13 +150,17 @@ def pin_io_ranges(qmodel: Any, stage: LevelStage | None) -> None:
     the demo split +0.03 (+0.04), and no input or output code at the limits
     anywhere (benchmarks/results/level/exact_variance/).
 
+    An output that stays far below the input (``output_peaks``, the float
+    model's behind the stage, under ``PINNED_OUTPUT_MIN_RATIO`` x target)
+    keeps a calibrated grid instead.
+
     The grids are fixed-qparams precision rules (``#<quantizer>``, added to
     the model's QuantConfig and so saved with it); call this before
     ``calibrate``, which then leaves them alone.
     """
     if stage is None:
         return
-    qmodel.add_overrides([input_range_rule(qmodel, stage), *output_range_rules(qmodel, stage)])
+    qmodel.add_overrides([input_range_rule(qmodel, stage), *output_range_rules(qmodel, stage, output_peaks)])
 
 
 def stage_records(stage: LevelStage | None) -> list[dict[str, Any]]:
@@ -143,4 +176,4 @@ def recorded_stage(recipe_info: dict[str, Any] | None) -> LevelStage | None:
 
 
 __all__ = ["EQUIVARIANCE_DB", "augmented", "equivariance_db", "fit_level_stage", "input_range_rule",
-           "output_range_rules", "pin_io_ranges", "recorded_stage", "stage_records"]
+           "output_peaks", "output_range_rules", "pin_io_ranges", "recorded_stage", "stage_records"]

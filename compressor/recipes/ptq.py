@@ -12,7 +12,7 @@ from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.quant.precision import precision_overrides
 from compressor.recipes import spectral
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
-from compressor.recipes.level import augmented, fit_level_stage, pin_io_ranges, stage_records
+from compressor.recipes.level import augmented, fit_level_stage, output_peaks, pin_io_ranges, stage_records
 from compressor.stages.level_model import at_level
 
 
@@ -61,7 +61,8 @@ class PTQ(Recipe):
         stage = fit_level_stage(batches, cfg.level_stage, ctx.float_model)
         self.stages = stage_records(stage) + spectral.records(split)
         if split is None:  # a spectral core's input and output are features and a mask, not audio
-            pin_io_ranges(qmodel, stage)  # fixed-qparams rules: calibration leaves the input and output grids alone
+            # fixed-qparams rules: calibration leaves the input and output grids alone
+            pin_io_ranges(qmodel, stage, output_peaks(ctx.float_model, batches, stage) if stage else None)
         calibrate(qmodel, spectral.core_inputs(split, at_level(batches, stage) if stage else batches),
                   cfg.calibration, progress=ctx.progress)
         if cfg.leaky_grid:

@@ -17,7 +17,7 @@ from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.quant.precision import precision_overrides
 from compressor.recipes import spectral
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
-from compressor.recipes.level import augmented, fit_level_stage, pin_io_ranges, stage_records
+from compressor.recipes.level import augmented, fit_level_stage, output_peaks, pin_io_ranges, stage_records
 from compressor.stages.level import LevelStage
 from compressor.stages.spectral import SpectralStage
 from compressor.stages.spectral_split import SpectralSplit
@@ -79,9 +79,9 @@ def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage |
     With a spectral ``split`` (recipes/spectral.py) only its core is quantized, calibrated on STFT features."""
     qmodel = quantize(*spectral.to_quantize(ctx.float_model, example_input(ctx.train_set), split),
                       config.quant_config())
-    if split is None:
-        pin_io_ranges(qmodel, stage)  # input and output grids behind the stage, fixed (QAT does not learn them)
-    batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
+    batches = list(calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed))
+    if split is None:  # input and output grids behind the stage, fixed (QAT does not learn them)
+        pin_io_ranges(qmodel, stage, output_peaks(ctx.float_model, batches, stage) if stage else None)
     calibrate(qmodel, spectral.core_inputs(split, at_level(batches, stage) if stage else batches), "minmax",
               progress=ctx.progress)
     return qmodel

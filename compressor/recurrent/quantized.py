@@ -10,6 +10,8 @@ however many frames the input has.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import fx, nn
 
@@ -78,11 +80,15 @@ def scan_arguments(node: fx.Node) -> dict[str, object]:
     return dict(zip(names, node.args))
 
 
-def cell_quantizers(cell: str, bits: int, learn_zero_point: bool, ema_decay: float) -> dict[str, nn.Module]:
-    """The quantizers of one cell's internal tensors (state and cell grids come from the planner)."""
+def cell_quantizers(cell: str, bits_of: Callable[[str], int], learn_zero_point: bool, ema_decay: float
+                    ) -> dict[str, nn.Module]:
+    """The quantizers of one cell's internal tensors (state and cell grids come from the planner); ``bits_of``
+    gives a calibrated tensor's width by its cell name (a precision rule may name it); sigmoid and tanh outputs
+    keep their fixed 8-bit grids."""
     out: dict[str, nn.Module] = {}
     for name, fixed in QUANTIZERS[cell].items():
-        out[name] = FixedQParamsQuantizer(fixed, 8) if fixed else ActivationQuantizer(bits, learn_zero_point, ema_decay)
+        out[name] = (FixedQParamsQuantizer(fixed, 8) if fixed else
+                     ActivationQuantizer(bits_of(name), learn_zero_point, ema_decay))
     return out
 
 
