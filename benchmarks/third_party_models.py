@@ -590,7 +590,13 @@ def render_md(results: dict) -> str:
         "compute (the \"norm_idiom\" substitution) and decomposes torch.var/torch.std, the as-shipped ConvTasNet, "
         "DPRNNTasNet, DPTNet and SuDORMRFNet rows were run again; DPRNNTasNet and DPTNet with `--targets tflite` "
         "('not run': their ONNX export, ~23 min each, was not run again). The `+ gLN dims` rows are from before "
-        "(see their notes).",
+        "(see their notes). The ConvTasNet, DPTNet and SuDORMRFNet (as shipped) rows are from a later run on an "
+        "x86 machine with AVX2 and no VNNI (the earlier rows: AVX-512 VNNI): there onnxruntime runs a file with "
+        "8-bit weights with its QDQ fusion off (its int8 MAC kernels saturate; exact, slower), and LiteRT's "
+        "XNNPACK kernels round apart from the simulation more often, so a deep untrained model's end-to-end SNR "
+        "against the simulation is lower (ConvTasNet: 30.3 dB in the earlier run, also on older code; 24.2 dB here; "
+        "each op within 1 LSB in both). The tiny Conv-TasNet of the tests, same code, read max 2 LSB end to end on "
+        "the VNNI machine and 5-6 LSB here.",
         "",
         "| model | config | needed | ptq | onnx export | tflite export | run (onnx / tflite) |",
         "|---|---|---|---|---|---|---|",
