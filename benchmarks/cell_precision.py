@@ -76,7 +76,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                                                       ("float", "ptq_cell8", "ptq_cell16", "qat_cell8", "qat_cell16"))
                      + " |")
     lines += ["", "Deployed QAT files (verification: worst op in LSB, end-to-end SNR against the simulation; time: "
-              "median of 30 runs of one chunk, 1 thread):", "",
+              "median of 30 runs of one chunk, 1 thread; on an x86 CPU without VNNI onnxruntime runs these "
+              "8-bit-weight files with its QDQ fusion off, exporters/sessions.py, so .onnx times there are not "
+              "int8-kernel times):", "",
               "| model | file | cell | KiB | export s | ops max LSB | SNR vs simulation dB | SI-SNR all | ms per chunk |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

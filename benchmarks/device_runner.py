@@ -172,7 +172,7 @@ class FileModel:
         except Exception as exc:  # ORT raises its own exception types
             raise ModelFileError(f"{self.path}: onnxruntime cannot load it ({exc})") from exc
         self._metadata_text = self._session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if self._metadata_text and _ort_cpu().int8_products_saturate() and _ort_cpu().weights_may_saturate(
+        if self._metadata_text and not _ort_cpu().int8_kernels_exact(
                 json.loads(self._metadata_text).get("model", {}).get("quant_config")):
             # this CPU's int8 MAC kernels would saturate on the file's 8-bit weights: run its QDQ ops in float,
             # exact, as the product's runtimes do here (exporters/sessions.py)

@@ -20,7 +20,7 @@ from exporters import float_ops, onnx_export, tflite_export
 from exporters.lowering import LoweredModel, lower
 from compressor.stages.spectral import KIND as SPECTRAL_KIND
 from exporters.metadata import DeployMetadata, TensorSpec
-from exporters.sessions import open_session, ort_int8_products_saturate
+from exporters.sessions import open_session
 from exporters.verify import (
     Verification, as_int8, closest, describe_tensors, drift_report, end_to_end, lowered_tensors, op_parity, qparams_of,
 )
@@ -252,9 +252,6 @@ def _verify(qmodel: QuantizedModel, lowered: LoweredModel, file: Path, cfg: Expo
                    f"{cfg.target} file compute differently from the simulation on the same inputs (worst "
                    f"{result.op_max_lsb} LSB of its output scale, tolerance {cfg.tolerance_lsb:g})")
         where = "Ops off by more than the tolerance, given the file's own inputs (graph order)"
-        if cfg.target == "onnx" and qmodel.config.weight_bits > 7 and ort_int8_products_saturate():
-            finding += (" — this CPU has no VNNI, and onnxruntime's int8 convolutions and matmuls here add "
-                        "products in pairs that saturate with 8-bit weights: quantize with --weight-bits 7")
     else:
         result.drift = _drift(lowered, file, cfg, runtime, chunks[0])
         finding = (f"every op of the exported {cfg.target} file matches the simulation, but on {runtime.name} its "

@@ -13,7 +13,7 @@ import numpy as np
 
 from compressor.errors import RuntimeLoadError
 from exporters.metadata import METADATA_KEY, DeployMetadata
-from exporters.ort_cpu import SATURATION_FREE_WEIGHT, int8_products_saturate
+from exporters.ort_cpu import int8_kernels_exact
 
 log = logging.getLogger(__name__)
 
@@ -101,33 +101,14 @@ class LiteRTSession:
         return [self.interpreter.get_tensor(i).copy() for i in self._outputs]
 
 
-def ort_int8_products_saturate() -> bool:
-    """True on an x86 CPU without VNNI, where onnxruntime's int8 MAC kernels saturate with 8-bit weights."""
-    return int8_products_saturate()
+def _recorded_quant_config(model: Any) -> dict[str, Any] | None:
+    """The quantization config our metadata records in the ONNX ``model`` (None: no metadata)."""
+    import json
 
-
-_MAC_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
-
-
-def has_saturating_weights(model: Any) -> bool:
-    """True when a Conv/Gemm/MatMul of the QDQ ``model`` (an onnx.ModelProto) takes int8 weight codes beyond +-64
-    (8-bit weights), the ones onnxruntime's MAC kernels saturate on x86 without VNNI."""
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    weight_inputs = {n.input[1] for n in model.graph.node if n.op_type in _MAC_OPS and len(n.input) > 1}
-    for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or node.output[0] not in weight_inputs or node.input[0] not in inits:
-            continue
-        codes = numpy_helper.to_array(inits[node.input[0]])
-        if codes.dtype == np.int8 and codes.size and int(np.abs(codes.astype(np.int16)).max()) > SATURATION_FREE_WEIGHT:
-            return True
-    return False
-
-
-def integer_kernels_exact(model: Any) -> bool:
-    """Whether onnxruntime's fused int8 kernels compute ``model`` exactly on this CPU."""
-    return not (ort_int8_products_saturate() and has_saturating_weights(model))
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value).get("model", {}).get("quant_config")
+    return None
 
 
 def ort_session_options(model: Any, threads: int | None = None, integer_kernels: bool | None = None,
@@ -135,14 +116,14 @@ def ort_session_options(model: Any, threads: int | None = None, integer_kernels:
     """onnxruntime SessionOptions for the QDQ ``model`` (onnx.ModelProto) and whether its int8 kernels are on.
 
     ``integer_kernels=None`` (the default everywhere): on, unless this CPU's int8 MAC kernels would saturate on the
-    model's weights (x86 without VNNI, 8-bit weights); then ORT's QDQ fusion is off and every op runs in float
+    weights the model's metadata records (x86 without VNNI, 8-bit weights; ``exporters/ort_cpu.py``); then ORT's QDQ fusion is off and every op runs in float
     between DequantizeLinear and QuantizeLinear, the file's reference semantics, exact to the simulation (slower;
     the warning says so). On ARM and VNNI CPUs the same file runs on the int8 kernels.
     """
     import onnxruntime as ort
 
     if integer_kernels is None:
-        integer_kernels = integer_kernels_exact(model)
+        integer_kernels = int8_kernels_exact(_recorded_quant_config(model))
         if not integer_kernels and name not in _WARNED:
             _WARNED.add(name)
             log.warning("%s: onnxruntime's int8 convolutions and matmuls on this CPU (x86 without VNNI) saturate "

@@ -120,10 +120,10 @@ def check_padding_matches(model: nn.Module, program: torch.export.ExportedProgra
                           example_inputs: Sequence[torch.Tensor], multiple: int) -> str | None:
     """None when the program, padded and cropped, computes what ``model`` computes at a length that is not a
     multiple; otherwise what differs."""
-    example = example_inputs[0]
-    length = example.shape[-1] - multiple // 2 - 1
-    if length < 2 or length % multiple == 0:
-        return None
+    example = example_inputs[0]  # its length is a multiple: cut it to one that is not (0 < cut < multiple)
+    length = example.shape[-1] - max(1, multiple // 2)
+    if length < 2:
+        return f"the example ({example.shape[-1]} samples) is too short to check it"
     short = [example[..., :length], *example_inputs[1:]]
     was_training = model.training
     set_training(model, False)
