@@ -195,7 +195,7 @@ def export(qmodel: QuantizedModel, target: str, path: str | Path, *, config: Exp
     path = Path(path)
     qmodel.eval()
     shape = _input_shape(qmodel, cfg, (model_info or {}).get("stages"))
-    lowered = lower(qmodel, int8_io=(target == "onnx"), input_shape=shape)
+    lowered = lower(qmodel, int8_io=(target == "onnx"), input_shape=shape, target=target)
     x_float = torch.zeros(shape)
     metadata = deploy_metadata(qmodel, lowered, cfg, model_info or {})
 
@@ -215,7 +215,8 @@ def export(qmodel: QuantizedModel, target: str, path: str | Path, *, config: Exp
         verification = None
         if cfg.verify:
             # the reference is a fresh lowering of the simulation, not the module the converter traced
-            verification = _verify(qmodel, lower(qmodel, int8_io=(target == "onnx"), input_shape=shape), scratch, cfg, calibration, shape)
+            verification = _verify(qmodel, lower(qmodel, int8_io=(target == "onnx"), input_shape=shape, target=target),
+                                   scratch, cfg, calibration, shape)
         with atomic_path(path) as tmp_out:
             Path(tmp_out).write_bytes(scratch.read_bytes())
     return ExportResult(path, metadata, verification, ops, lowered.rewrites, time.perf_counter() - start, extra)

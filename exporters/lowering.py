@@ -35,6 +35,10 @@ computing the same integers (DESIGN.md, "int8 forms of audio ops"):
   BATCH_MATMUL; the ONNX exporter writes ReduceSumSquare between the same
   DQ and Q, which ORT runs 7x faster than its QLinearMatMul,
   ``onnx_export.sums_of_squares_as_reduce``.)
+- TFLite only: ``mean(x)`` over more than ``MEAN_IN_MATMUL_ABOVE`` values (a
+  gLN's mean over channels and time) -> the same matmul with a broadcast
+  column of ones (``lower_long_means``): XNNPACK's int8 MEAN saturates on
+  long reductions on x86 without AVX-512.
 - an elementwise op written twice on the same inputs but quantized on two
   grids (``x - m`` twice in a hand-written norm) -> the second on views with
   a leading unit dim, and ``x * x`` of a tensor the converter writes as a
@@ -115,13 +119,19 @@ def _io_qparams(q: nn.Module, node: fx.Node, what: str) -> TensorQParams:
     return p
 
 
+# TFLite: a mean over more values than this is summed in an int8 matmul (``lower_long_means``); below it, XNNPACK's
+# MEAN accumulates int8 codes in 16-bit lanes without overflow (256 x 127 < 2**15).
+MEAN_IN_MATMUL_ABOVE = 256
+
 # An int32 sum of squares may only overflow for a variance this many times the top of the mean's grid.
 ACCUMULATOR_HEADROOM = 2.0
 
 
 class _Lowerer:
-    def __init__(self, qmodel: QuantizedModel, int8_io: bool, input_shape: Sequence[int] | None = None) -> None:
+    def __init__(self, qmodel: QuantizedModel, int8_io: bool, input_shape: Sequence[int] | None = None,
+                 target: str | None = None) -> None:
         self.int8_io = int8_io
+        self.target = target
         self.source = qmodel.graph_module
         self.input_shape = input_shape
         self.shapes: dict[str, tuple[int, ...]] | None = None  # node name -> shape for input_shape, when needed
@@ -172,6 +182,8 @@ class _Lowerer:
         self.lower_conv_transpose()
         self.lower_weights_and_biases()
         self.lower_accumulated_squares()
+        if self.target == "tflite":
+            self.lower_long_means()
         inputs = self.lower_inputs() if self.int8_io else self.input_qparams()
         self.keep_ops_apart()
         self.lower_activations()
@@ -315,7 +327,31 @@ class _Lowerer:
                 self.mean_as_matmul(mean, x, shape, p_x)
             self.graph.erase_node(square)
 
-    def mean_as_matmul(self, mean: fx.Node, x: fx.Node, shape: list[int], p_x: TensorQParams) -> None:
+    def lower_long_means(self) -> None:
+        """A mean over more than ``MEAN_IN_MATMUL_ABOVE`` int8 values -> bmm(x as rows, a column of ones) / N.
+
+        XNNPACK's int8 MEAN (LiteRT's default path) saturates on long reductions on x86 CPUs without AVX-512:
+        a gLN's mean over 64 channels x 2000 frames gave code 127 where the exact mean is 13 (AVX2, LiteRT
+        2.x; exact on AVX-512 VNNI and on the builtin kernel; its SUM does the same). The same sum in an int8
+        matmul with a broadcast column of ones (BATCH_MATMUL or FULLY_CONNECTED, LiteRT's builtin kernels) is
+        exact everywhere (module docstring); short means (a LayerNorm over its features) stay MEANs. It costs
+        time: the demo Conv-TasNet's 25 gLN means took LiteRT from 34 to 56 ms per 1 s chunk on that machine.
+        """
+        for mean in list(self.graph.nodes):
+            if mean.op != "call_function" or mean.target not in (aten.mean.dim, aten.mean.default):
+                continue
+            x = mean.args[0]
+            source = _grid_source(self.gm, x) if isinstance(x, fx.Node) else None
+            if source is None or _activation_qparams(self.quantizer(source)).dtype != torch.int8:
+                continue
+            shape = self.shape_of(x, mean)
+            dims = mean.args[1] if len(mean.args) > 1 and mean.args[1] is not None else range(len(shape))
+            if math.prod(shape[int(d) % len(shape)] for d in set(dims)) > MEAN_IN_MATMUL_ABOVE:
+                self.mean_as_matmul(mean, x, shape, _activation_qparams(self.quantizer(source)), ones=True)
+
+    def mean_as_matmul(self, mean: fx.Node, x: fx.Node, shape: list[int], p_x: TensorQParams,
+                       ones: bool = False) -> None:
+        """mean(x * x) (or, with ``ones``, mean(x)) as an int8 bmm summing in int32, then / N."""
         rank = len(shape)
         dims = mean.args[1] if len(mean.args) > 1 and mean.args[1] is not None else list(range(rank))
         keepdim = bool(mean.args[2] if len(mean.args) > 2 else mean.kwargs.get("keepdim", False))
@@ -325,9 +361,11 @@ class _Lowerer:
         p_mean = _output_grid(self.gm, mean)
         where = f"{mean.name} at {source_location(mean)}"
         if p_mean is None or p_mean.dtype != torch.int8:
+            if ones:
+                return  # a 16-bit mean stays a MEAN (LiteRT's builtin int16 kernel)
             raise ExportError(f"{where}: a mean of squares summed in a matmul needs an 8-bit output grid; "
                               "quantize with --precision '*:variance=a16' instead")
-        worst = max(p_x.qmax - p_x.zero_point, p_x.zero_point - p_x.qmin) ** 2 * count
+        worst = max(p_x.qmax - p_x.zero_point, p_x.zero_point - p_x.qmin) ** (1 if ones else 2) * count
         if worst > 2 ** 31 - 1:
             overflow_at = (2 ** 31 - 1) * p_x.scale ** 2 / count  # the mean whose int32 sum no longer fits
             top = p_mean.scale * (p_mean.qmax - p_mean.zero_point)
@@ -341,7 +379,11 @@ class _Lowerer:
             flat = x if kept + reduced == list(range(rank)) else g.call_function(aten.permute.default,
                                                                                  (x, kept + reduced))
             as_rows = g.call_function(aten.reshape.default, (flat, [rows, 1, count]))
-            as_columns = g.call_function(aten.reshape.default, (flat, [rows, count, 1]))
+            if ones:
+                one = self.quantized_constant(torch.ones(1, 1, 1), 1.0, None, -128, 127, torch.int8, "ones")
+                as_columns = g.call_function(aten.expand.default, (one, [rows, count, 1]))
+            else:
+                as_columns = g.call_function(aten.reshape.default, (flat, [rows, count, 1]))
             sums = g.call_function(aten.reshape.default, (g.call_function(aten.bmm.default, (as_rows, as_columns)),
                                                           out_shape))
             # the sums on N x the mean's scale: the codes the mean's grid gives their mean
@@ -354,7 +396,8 @@ class _Lowerer:
         out.meta = dict(mean.meta)
         mean.replace_all_uses_with(out)
         g.erase_node(mean)
-        self.count("mean(x * x) -> int8 matmul of x with itself (int32 sums)")
+        self.count("mean(x) over many values -> int8 matmul with ones (int32 sums)" if ones
+                   else "mean(x * x) -> int8 matmul of x with itself (int32 sums)")
 
     def lower_batched_linear(self) -> None:
         """linear on (..., in) -> reshape to (N, in), linear, reshape back.
@@ -883,7 +926,8 @@ def _ints(value: Any, dims: int, default: int) -> list[int]:
     return [int(value)] * dims
 
 
-def lower(qmodel: QuantizedModel, int8_io: bool = True, input_shape: Sequence[int] | None = None) -> LoweredModel:
+def lower(qmodel: QuantizedModel, int8_io: bool = True, input_shape: Sequence[int] | None = None,
+          target: str | None = None) -> LoweredModel:
     """The int8 graph of ``qmodel`` (a copy; ``qmodel`` is not changed).
 
     ``int8_io``: the graph takes and returns int8 tensors. Without it the
@@ -891,6 +935,7 @@ def lower(qmodel: QuantizedModel, int8_io: bool = True, input_shape: Sequence[in
     (the form the TFLite converter turns into int8 input and output).
     ``input_shape``: the file's input; a model with recurrent layers is
     unrolled for the frames this input gives them.
+    ``target``: "tflite" adds the rewrites only LiteRT needs (long means as matmuls).
     """
     if not isinstance(qmodel, QuantizedModel):
         raise ExportError(f"expected a QuantizedModel, got {type(qmodel).__name__}; quantize it first")
@@ -898,7 +943,7 @@ def lower(qmodel: QuantizedModel, int8_io: bool = True, input_shape: Sequence[in
     if recurrences and input_shape is not None:
         with torch.no_grad():
             qmodel(torch.zeros(list(input_shape)))  # each recurrence notes its frames and batch
-    return _Lowerer(qmodel, int8_io, input_shape).run()
+    return _Lowerer(qmodel, int8_io, input_shape, target).run()
 
 
 def _shapes_for(gm: fx.GraphModule, input_shape: Sequence[int]) -> dict[str, tuple[int, ...]]:

@@ -157,8 +157,14 @@ class _Rewriter:
                 continue
             if _layout(name) == "reshape" and self.flattened_for_sum_of_squares(i, producer, consumers):
                 continue  # any layout of its input gives the same sums: it leaves the group alone
-            if name == "BATCH_MATMUL" and self.sums_of_squares(op, producer) is not None:
+            if self.uniform_broadcast(op):
+                continue  # ones whatever the layout; a sum_with_ones reshapes it with its matmul
+            if name == "BATCH_MATMUL" and (self.sums_of_squares(op, producer) is not None
+                                           or self.sum_with_ones(op, producer) is not None):
                 find(int(op.outputs[0]))  # one sum per item, [N, 1, 1]: joins the norm's group
+                continue
+            if _layout(name) == "reshape" and self.per_item_sum(i, producer):
+                find(int(op.outputs[0]))  # a FULLY_CONNECTED sum [N, 1] made [N, 1, 1]: joins the group
                 continue
             if _layout(name) == "reshape":
                 kind = self.boundary(i, producer, consumers, activations)
@@ -244,11 +250,50 @@ class _Rewriter:
         src, dst = int(op.inputs[0]), int(op.outputs[0])
         shape = self.shape(src)
         if len(shape) != 3 or self.shape(dst) not in ([shape[0], 1, shape[1] * shape[2]],
-                                                      [shape[0], shape[1] * shape[2], 1]):
+                                                      [shape[0], shape[1] * shape[2], 1],
+                                                      [shape[0], shape[1] * shape[2]]):
             return False
         users = consumers.get(dst, [])
-        return bool(users) and all(self.name(self.sg.operators[u]) == "BATCH_MATMUL"
-                                   and self.sums_of_squares(self.sg.operators[u], producer) == src for u in users)
+        return bool(users) and all(
+            (self.name(self.sg.operators[u]) == "BATCH_MATMUL"
+             and self.sums_of_squares(self.sg.operators[u], producer) == src)
+            or self.sum_with_ones(self.sg.operators[u], producer) == src for u in users)
+
+    def sum_with_ones(self, op: Any, producer: dict[int, int]) -> int | None:
+        """The activation [N, C, T] this BATCH_MATMUL or FULLY_CONNECTED sums per item (a long mean,
+        exporters/lowering.py ``lower_long_means``): a RESHAPE of it to [N, 1, C*T] or [N, C*T] times a
+        BROADCAST_TO of one constant value; else None."""
+        if self.name(op) not in ("BATCH_MATMUL", "FULLY_CONNECTED") or len(op.inputs) < 2:
+            return None
+        p_data, p_ones = producer.get(int(op.inputs[0])), producer.get(int(op.inputs[1]))
+        if p_data is None or p_ones is None or _layout(self.name(self.sg.operators[p_data])) != "reshape":
+            return None
+        while _layout(self.name(self.sg.operators[p_ones])) in ("reshape", "transpose"):  # the converter's views
+            p_ones = producer.get(int(self.sg.operators[p_ones].inputs[0]))
+            if p_ones is None:
+                return None
+        if not self.uniform_broadcast(self.sg.operators[p_ones]):
+            return None
+        src = int(self.sg.operators[p_data].inputs[0])
+        shape = self.shape(src)
+        if len(shape) != 3 or self.shape(int(op.inputs[0])) not in ([shape[0], 1, shape[1] * shape[2]],
+                                                                     [shape[0], shape[1] * shape[2]]):
+            return None
+        return src
+
+    def uniform_broadcast(self, op: Any) -> bool:
+        """A BROADCAST_TO of a constant holding one value (the column of ones of a long mean's sum)."""
+        return (self.name(op) == "BROADCAST_TO" and self.is_constant(int(op.inputs[0]))
+                and np.unique(self.constant(int(op.inputs[0]))).size == 1)
+
+    def per_item_sum(self, i: int, producer: dict[int, int]) -> bool:
+        """This RESHAPE makes a FULLY_CONNECTED sum with ones, [N, 1], the norm's [N, 1, 1]."""
+        op = self.sg.operators[i]
+        p = producer.get(int(op.inputs[0]))
+        if p is None or self.sum_with_ones(self.sg.operators[p], producer) is None:
+            return False
+        n = self.shape(int(op.inputs[0]))[0]
+        return self.shape(int(op.inputs[0])) == [n, 1] and self.shape(int(op.outputs[0])) == [n, 1, 1]
 
     def sums_of_squares(self, op: Any, producer: dict[int, int]) -> int | None:
         """The activation [N, C, T] whose squares this BATCH_MATMUL sums per item (its rows times its columns,
@@ -311,10 +356,13 @@ class _Rewriter:
             elif _layout(name) == "concat":
                 op.builtinOptions = copy.copy(op.builtinOptions)
                 op.builtinOptions.axis = _AXIS[int(op.builtinOptions.axis) % 3]
-            elif name == "BATCH_MATMUL":  # sums of squares: [N, 1, 1, K] x [N, 1, K, 1] -> [N, 1, 1, 1]
+            elif name == "BATCH_MATMUL":  # sums (of squares): [N, 1, 1, K] x [N, 1, K, 1] -> [N, 1, 1, 1]
                 n, _, k = self.shape(int(op.inputs[0]))
                 for operand, shape in ((int(op.inputs[0]), [n, 1, 1, k]), (int(op.inputs[1]), [n, 1, k, 1])):
                     self.reshape_to(self.producer_of(operand), shape)
+            elif _layout(name) == "reshape" and int(op.outputs[0]) in group and self.shape(int(op.inputs[0])) == [
+                    self.shape(int(op.outputs[0]))[0], 1]:  # per_item_sum: [N, 1] -> [N, 1, 1, 1] (already NHWC)
+                self.reshape_to(i, self.shape(int(op.outputs[0])))
         for i in ours:
             if i in boundaries:
                 self.remove_boundary(i, *boundaries[i])

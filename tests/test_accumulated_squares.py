@@ -84,7 +84,8 @@ def test_the_files_sum_the_exact_squares_in_one_op_and_match_the_simulation(tmp_
     assert result.rewrites["mean(x * x) -> int8 matmul of x with itself (int32 sums)"] == 2
     # LiteRT: an int8 BATCH_MATMUL; ORT: ReduceSumSquare between DQ and Q (its QLinearMatMul is 7x slower here)
     op = "BATCH_MATMUL" if target == "tflite" else "ReduceSumSquare"
-    assert result.ops["count"].get(op) == 2 and "MatMul" not in result.ops["count"]
+    long_means = 1 if target == "tflite" else 0  # the global mean over 8 x 64 values (lower_long_means)
+    assert result.ops["count"].get(op) == 2 + long_means and "MatMul" not in result.ops["count"]
 
 
 def test_a_sum_that_can_overflow_int32_within_the_grid_is_refused_naming_the_mean():
@@ -92,6 +93,41 @@ def test_a_sum_that_can_overflow_int32_within_the_grid_is_refused_naming_the_mea
     qmodel = _quantized("#act_sub=scale=0.01,zp=0", "#act_mean_1=scale=0.1,zp=-128", shape=(1, 64, 2100))
     with pytest.raises(ExportError, match=r"mean_1 at .*int32 sum of 134400 squares overflows.*variance=a16"):
         lower(qmodel, input_shape=[1, 64, 2100])
+
+
+class GlobalMean(nn.Module):
+    """gLN's statistics of a ReLU's output over (C, T): one long mean of one-signed codes."""
+
+    def __init__(self, channels: int = 64) -> None:
+        super().__init__()
+        self.enc = nn.Conv1d(1, channels, 16, stride=8)
+        self.out = nn.Conv1d(channels, 1, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.enc(x.unsqueeze(1)))
+        d = y - y.mean(dim=(1, 2), keepdim=True)
+        e = d - d.mean(dim=1, keepdim=True)  # per frame over 64 channels: short, stays a MEAN
+        return self.out(e).squeeze(1)
+
+
+def test_a_long_mean_is_summed_in_a_matmul_in_tflite_files_and_xnnpack_gets_it_right(tmp_path):
+    """XNNPACK's int8 MEAN saturated at 127 for a mean over 64 x 400 ReLU codes on AVX2 (exact: about 40); as
+    an int8 BATCH_MATMUL with a broadcast column of ones the file matches the simulation on every x86 CPU."""
+    torch.manual_seed(0)
+    samples = 8 * 400 + 8
+    qmodel = quantize(GlobalMean().eval(), torch.randn(1, samples) * 0.1)
+    calibrate(qmodel, [torch.randn(1, samples) * 0.1 for _ in range(3)])
+    chunks = [(torch.randn(1, samples) * 0.1).numpy() for _ in range(2)]
+    cfg = ExportConfig(target="tflite", chunk_seconds=samples / 16000, verify_chunks=2)
+    result = export(qmodel.eval(), "tflite", tmp_path / "m.tflite", config=cfg, calibration=chunks)
+    assert result.rewrites.get("mean(x) over many values -> int8 matmul with ones (int32 sums)") == 1
+    assert result.ops["count"].get("MEAN") == 1  # the per-frame mean
+    assert result.verification.passed and result.verification.max_lsb <= 2, result.verification
+    # ORT's ReduceMean is exact: the ONNX file keeps both means
+    onnx_result = export(qmodel, "onnx", tmp_path / "m.onnx", config=ExportConfig(**{**cfg.to_dict(), "target": "onnx"}),
+                         calibration=chunks)
+    assert "mean(x) over many values -> int8 matmul with ones (int32 sums)" not in onnx_result.rewrites
+    assert onnx_result.verification.passed
 
 
 def test_fqse_keeps_8_bit_squares_unless_asked_and_a_users_rule_still_wins():
