@@ -132,8 +132,12 @@ def deploy_metadata(qmodel: QuantizedModel, lowered: LoweredModel, cfg: ExportCo
             return "batch,bins,frames" + (",complex" if len(shape) == 4 else "")
         return "batch,sources,time" if len(shape) == 3 else "as traced"
 
-    outputs = [TensorSpec(f"output_q{k or ''}", io_dtype, shape, p.scale, p.zero_point + shift, out_layout(shape))
-               for k, (p, shape) in enumerate(zip(lowered.outputs, output_shapes))]
+    def out_spec(k: int, p: Any, shape: list[int]) -> TensorSpec:
+        if p.dtype == torch.int16:  # a 16-bit output stays signed in a uint8 ONNX file too
+            return TensorSpec(f"output_q{k or ''}", "int16", shape, p.scale, p.zero_point, out_layout(shape))
+        return TensorSpec(f"output_q{k or ''}", io_dtype, shape, p.scale, p.zero_point + shift, out_layout(shape))
+
+    outputs = [out_spec(k, p, shape) for k, (p, shape) in enumerate(zip(lowered.outputs, output_shapes))]
     return DeployMetadata(
         target=cfg.target, sample_rate=cfg.sample_rate,
         chunk_samples=cfg.chunk_samples if spectral else input_shape[-1], num_sources=sources,

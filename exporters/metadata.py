@@ -25,28 +25,33 @@ METADATA_KEY = "audio_compress"
 FORMAT_VERSION = 1
 
 
+#: Codes a boundary tensor may hold: int8, uint8 (ONNX files with uint8 activations), int16 (an output a
+#: precision rule keeps at 16 bits: audio out at 16 bits, as a DAC takes it).
+CODE_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
+
+
 @dataclass(frozen=True)
 class TensorSpec(JsonConfig):
-    """One int8 (or uint8) tensor at the file's boundary and how it maps to real values."""
+    """One int8 (uint8, or for an output int16) tensor at the file's boundary and how it maps to real values."""
 
     name: str
-    dtype: str  # "int8" | "uint8"
+    dtype: str  # a key of CODE_RANGES
     shape: list[int]
     scale: float
     zero_point: int
     layout: str  # e.g. "batch,time" or "batch,sources,time"
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("int8", "uint8"):
-            raise ConfigError(f"TensorSpec.dtype must be int8 or uint8, got {self.dtype!r}")
+        if self.dtype not in CODE_RANGES:
+            raise ConfigError(f"TensorSpec.dtype must be one of {', '.join(CODE_RANGES)}, got {self.dtype!r}")
 
     @property
     def qmin(self) -> int:
-        return -128 if self.dtype == "int8" else 0
+        return CODE_RANGES[self.dtype][0]
 
     @property
     def qmax(self) -> int:
-        return 127 if self.dtype == "int8" else 255
+        return CODE_RANGES[self.dtype][1]
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Codes exactly as the simulation rounds: round-half-even(x * (1/s)) + zp, clipped."""

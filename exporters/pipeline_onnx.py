@@ -64,12 +64,12 @@ class _Builder:
     def quantize(self, x: str, spec: TensorSpec, output: str) -> str:
         """``TensorSpec.quantize``: rint(x * (1/s)) + zp, saturated (QuantizeLinear with scale 1)."""
         scaled = self.op("Mul", [x, self.const(np.float32(1.0) / np.float32(spec.scale))])
-        zero = self.const(spec.zero_point, np.uint8 if spec.dtype == "uint8" else np.int8)
+        zero = self.const(spec.zero_point, np.dtype(spec.dtype).type)
         shaped = self.op("Reshape", [scaled, self.const(spec.shape, np.int64)])
         return self.op("QuantizeLinear", [shaped, self.const(1.0), zero], output)
 
     def dequantize(self, codes: str, spec: TensorSpec) -> str:
-        zero = self.const(spec.zero_point, np.uint8 if spec.dtype == "uint8" else np.int8)
+        zero = self.const(spec.zero_point, np.dtype(spec.dtype).type)
         return self.op("DequantizeLinear", [codes, self.const(spec.scale), zero])
 
     def floor_quantize(self, x: str) -> str:

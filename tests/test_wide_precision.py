@@ -152,3 +152,36 @@ def test_op_without_exact_int16_kernel_is_refused(tmp_path, model, rule, layer, 
         _export(_quantized(model(), rule), "tflite", path)
     assert layer in str(info.value) and op in str(info.value)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("target", ["tflite", "onnx"])
+def test_a_16_bit_output_leaves_the_file_as_int16_and_runs_as_simulated(tmp_path, target):
+    """A rule that widens the model's output (audio out at 16 bits, as a DAC takes it) gives a file whose output
+    tensor is int16 on the simulation's 16-bit grid; runtimes read it through its metadata like an int8 one."""
+    import numpy as np
+
+    import runtimes
+    from compressor.zoo import build_model
+    from tests.conftest import TINY_TASNET
+
+    torch.manual_seed(0)
+    qmodel = quantize(build_model("conv_tasnet", TINY_TASNET).eval(), torch.randn(1, 1600) * 0.1,
+                      QuantConfig(overrides=[PrecisionOverride.parse("decoder=a16")]))
+    calibrate(qmodel, [torch.randn(1, 1600) * 0.1 for _ in range(3)])
+    audio = [(np.random.default_rng(k).standard_normal(1600) * 0.1).astype(np.float32) for k in range(2)]
+    result = export(qmodel.eval(), target, tmp_path / f"m.{target}",
+                    config=ExportConfig(target=target, chunk_seconds=0.1, verify_chunks=2), calibration=audio)
+    assert result.verification.passed and result.ops["float_op_count"] == 0
+    spec = result.metadata.outputs[0]
+    assert (spec.dtype, spec.qmin, spec.qmax) == ("int16", -32768, 32767)
+    assert spec.scale < 1.01 * float(qmodel.quantizers()["act_conv_transpose1d"].qparams()[0])
+    rt = runtimes.load(result.path, threads=1)
+    codes = rt.metadata.inputs[0].quantize(audio[0].reshape(rt.metadata.inputs[0].shape))
+    out = rt.run_codes(codes)[0]
+    assert out.dtype == np.int16
+    with torch.no_grad():
+        want = qmodel(torch.from_numpy(rt.metadata.inputs[0].dequantize(codes))).numpy()
+    got = spec.dequantize(out).reshape(want.shape)
+    assert np.abs(got - want).max() <= 8 * spec.scale * 256  # within a few 8-bit steps: 1-LSB op differences
+    assert np.abs(got - want).mean() < np.abs(want).mean() / 50
+    assert np.isfinite(rt.process(audio[1])).all()

@@ -118,8 +118,10 @@ def _records() -> tuple[OpRecord, ...]:
                "log of softmax's 1/256 grid floors log-probabilities at -5.5)"),
         # -- reductions and pooling ---------------------------------------------------------------
         # a mean of an averaged square (a norm's variance) is lowered to its exact sum of squares: an int8
-        # BATCH_MATMUL of the signal with itself, ReduceSumSquare in ONNX (exporters/lowering.py)
-        R("mean", (aten.mean.dim, aten.mean.default), "compute", ("MEAN", "BATCH_MATMUL"),
+        # BATCH_MATMUL of the signal with itself, ReduceSumSquare in ONNX; in TFLite a mean over more than 256
+        # values is an int8 BATCH_MATMUL / FULLY_CONNECTED with a broadcast column of ones; both then MUL by 1/N
+        # (exporters/lowering.py)
+        R("mean", (aten.mean.dim, aten.mean.default), "compute", ("MEAN", "BATCH_MATMUL", "FULLY_CONNECTED", "MUL"),
           ("ReduceMean", "ReduceSumSquare"), fixture=("mean", "gln")),
         R("sum", (aten.sum.dim_IntList, aten.sum.default), "compute", ("SUM",), ("ReduceSum",), fixture=("sum",)),
         R("var", (aten.var.dim, aten.var.correction), "decomposed", ("MEAN", "SUB", "MUL"),
