@@ -114,8 +114,8 @@ def _activation_qparams(q: nn.Module) -> TensorQParams:
 def _io_qparams(q: nn.Module, node: fx.Node, what: str) -> TensorQParams:
     p = _activation_qparams(q)
     if p.dtype != torch.int8:
-        raise ExportError(f"model {what} {node.name!r} is quantized to {q.bits} bits; inputs and outputs of a file "
-                          "are 8-bit: remove the precision override that matches it")
+        raise ExportError(f"model {what} {node.name!r} is quantized to {q.bits} bits; a file's inputs are 8-bit "
+                          "(its outputs may be 16-bit): remove the precision override that matches it")
     return p
 
 
