@@ -245,7 +245,8 @@ class _Rewriter:
     def flattened_for_sum_of_squares(self, i: int, producer: dict[int, int], consumers: dict[int, list[int]]) -> bool:
         """This RESHAPE flattens an activation [N, C, T] to [N, 1, C*T] or [N, C*T, 1], and only BATCH_MATMULs of
         two such flattenings of the same tensor read it: a norm's sum of squares (exporters/lowering.py), the same
-        sums whatever order the flattening visits C and T in, so the activation may be channels-last."""
+        sums whatever order the flattening visits C and T in, so the activation may be channels-last. A long
+        mean's sum with ones (``sum_with_ones``; also [N, C*T]) is order-free the same way."""
         op = self.sg.operators[i]
         src, dst = int(op.inputs[0]), int(op.outputs[0])
         shape = self.shape(src)
