@@ -93,7 +93,7 @@ class _Boundary:
             if not self.scale > 0:
                 raise ModelFileError(f"an {self.dtype} boundary tensor needs a positive scale, got {scale}")
         elif self.dtype != np.float32:
-            raise ModelFileError(f"boundary tensors must be int8, uint8 or float32, got {self.dtype}")
+            raise ModelFileError(f"boundary tensors must be int8, uint8, int16 or float32, got {self.dtype}")
 
     @classmethod
     def from_metadata(cls, spec: dict) -> "_Boundary":

@@ -161,3 +161,45 @@ def test_sensitivity_ranks_a_coarse_tensor_first_and_restores_every_quantizer():
     with widened(coarse):
         assert coarse.bits == 16 and coarse.qparams()[1] == 0
     assert coarse.bits == 8
+
+
+class _Squeezed(nn.Module):
+    """A model whose output is a conv's, seen through a slice and a fused ReLU before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(1, 8, 5, padding=2)
+        self.b = nn.Conv1d(8, 1, 5, padding=2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x[:, None])))[:, 0]
+
+
+def test_op_output_names_the_model_output_through_data_movement_only():
+    from compressor.fqse.io_config import io_quantizers
+
+    qmodel = quantize(_Squeezed().eval(), torch.randn(2, 400), QuantConfig(overrides=precision_overrides(["*:output=a16"])))
+    (inp,), (out,) = io_quantizers(qmodel)
+    bits = _bits(qmodel)
+    assert bits[out] == 16 and bits[inp] == 8
+    assert [name for name, b in bits.items() if b == 16] == [out]  # the ReLU'd conv inside stays 8-bit
+
+
+def test_recipes_give_an_audio_output_16_bits_behind_the_level_stage_only():
+    from compressor.errors import RecipeError
+    from compressor.recipes.fqse import FQSEConfig
+    from compressor.recipes.ptq import PTQConfig
+    from compressor.recipes.vanilla import QATConfig
+
+    rule = PrecisionOverride(op="output", activation_bits=16)
+    for config in (PTQConfig(), QATConfig()):
+        assert rule in config.quant_config().overrides
+        assert rule not in config.quant_config(audio_output=False).overrides  # a spectral core's mask
+        assert rule not in type(config)(level_stage=False).quant_config().overrides
+        assert rule not in type(config)(output_bits=8).quant_config().overrides
+        assert rule not in type(config)(precision=("#act_x=a8",)).quant_config().overrides[-1:]  # the user's win
+    assert rule not in FQSEConfig().quant_config().overrides  # FQSE's output is --output-precision
+    with pytest.raises(RecipeError, match="--output-precision"):
+        FQSEConfig(output_bits=16)
+    with pytest.raises(RecipeError, match="output_bits"):
+        PTQConfig(output_bits=12)

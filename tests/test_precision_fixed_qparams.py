@@ -165,17 +165,20 @@ def test_ptq_level_stage_input_grid_is_the_rule_and_as_before(tmp_path):
     qmodel = recipe.run(RecipeContext(_Equivariant(), _Items(), None, tmp_path, progress=False))
     stage = level_stage_of(recipe.describe()["stages"])
     (name,), (output,) = io_quantizers(qmodel)
-    for pinned in (name, output):  # the output gets the input's grid too
+    # the output gets the input's span too, at 16 bits (recipes/level.py output_rules): the peak on code +-32766
+    steps = {name: 126, output: 32766}
+    assert [qmodel.quantizers()[n].bits for n in (name, output)] == [8, 16]
+    for pinned in (name, output):
         q = qmodel.quantizers()[pinned]
-        assert q.pinned and q.qparams() == (f32(stage.target_peak / 126), 0)
-    assert qmodel.config.overrides == DEFAULT_RULES + tuple(
-        PrecisionOverride(tensor=t, scale=stage.target_peak / 126, zero_point=0) for t in (name, output))
+        assert q.pinned and q.qparams() == (f32(stage.target_peak / steps[pinned]), 0)
+    assert qmodel.config.overrides == DEFAULT_RULES + (PrecisionOverride(op="output", activation_bits=16),) + tuple(
+        PrecisionOverride(tensor=t, scale=stage.target_peak / steps[t], zero_point=0) for t in (name, output))
     # what PTQ computed before the rules: calibrate through the stage, then write the I/O grids over the result
     reference = quantize(_Equivariant(), example_input(_Items()), recipe.config.quant_config())
     calibrate(reference, at_level(list(calibration_batches(_Items(), 2, 2, 0)), stage), "mse")
     with torch.no_grad():
         for pinned in (name, output):
-            reference.quantizers()[pinned].scale.copy_(torch.tensor(stage.target_peak / 126))
+            reference.quantizers()[pinned].scale.copy_(torch.tensor(stage.target_peak / steps[pinned]))
             reference.quantizers()[pinned].zero_point.zero_()
     state, expected = qmodel.state_dict(), reference.state_dict()
     assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
@@ -191,9 +194,9 @@ def test_vanilla_qat_holds_the_level_grid_of_its_input_and_output(tmp_path):
     config = QATConfig(calib_batches=2, batch_size=2)
     qmodel = prepare_qat_model(RecipeContext(_Equivariant(), _Items(), None, tmp_path, progress=False), config, stage)
     (name,), (output,) = io_quantizers(qmodel)
-    for pinned in (name, output):  # learned, the input grid narrowed and clipped ADC-clipped audio (level.py)
+    for pinned, steps in ((name, 126), (output, 32766)):  # learned, the input grid narrowed and clipped (level.py)
         q = qmodel.quantizers()[pinned]
-        assert q.qparams() == (f32(0.2 / 126), 0) and not q.scale.requires_grad
+        assert q.qparams() == (f32(0.2 / steps), 0) and not q.scale.requires_grad
 
 
 def test_fqse_split_input_is_a_rule_of_its_quant_config():

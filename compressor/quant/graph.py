@@ -19,7 +19,7 @@ from compressor.errors import ConfigError, UnsupportedOpError
 from compressor.quant.config import QuantConfig
 from compressor.ops.record import OpRecord
 from compressor.ops.registry import SPECTRAL_HINT, op_name, record_for, substitution_refusal
-from compressor.quant.precision import ACCUMULATOR_BITS, VARIANCE_ROLE, Precision, PrecisionOverride, resolve
+from compressor.quant.precision import ACCUMULATOR_BITS, OUTPUT_ROLE, VARIANCE_ROLE, Precision, PrecisionOverride, resolve
 from compressor.recurrent.op import cell_of
 from compressor.recurrent.quantized import (RECURRENCE_ROOT, QuantizedRecurrence, cell_quantizers, scan_arguments,
                                            scan_outputs)
@@ -416,12 +416,29 @@ def rule_site(node: fx.Node) -> fx.Node:
 def precision_of(node: fx.Node, config: QuantConfig, tensor: str = "") -> Precision:
     site = rule_site(node)
     return resolve(config.overrides, module_path(site), op_kind(site), config.default_precision, tensor,
-                   op_roles(site))
+                   op_roles(node))
 
 
 def op_roles(node: fx.Node) -> tuple[str, ...]:
-    """Other names a precision rule's OP matches this node's op by (``VARIANCE_ROLE``)."""
-    return (VARIANCE_ROLE,) if averaged_square(node) else ()
+    """Other names a precision rule's OP matches the op by that made the tensor a quantizer is placed after
+    (``node``; a fused ReLU answers for its producer): ``VARIANCE_ROLE``, ``OUTPUT_ROLE``."""
+    roles = (VARIANCE_ROLE,) if averaged_square(rule_site(node)) else ()
+    return roles + ((OUTPUT_ROLE,) if model_output(node) else ())
+
+
+def model_output(node: fx.Node) -> bool:
+    """``node``'s value is one of the graph's outputs, reached through data-movement ops and quantizers only."""
+    todo, seen = [node], set()
+    while todo:
+        current = todo.pop()
+        for user in current.users:
+            if user.op == "output":
+                return True
+            record = record_for(user.target) if user.op == "call_function" else None
+            if user not in seen and (_is_quantizer_call(user) or (record is not None and record.kind == "move")):
+                seen.add(user)
+                todo.append(user)
+    return False
 
 
 def averaged_square(node: fx.Node) -> bool:
@@ -465,7 +482,7 @@ def pin_fixed_qparams(gm: fx.GraphModule, config: QuantConfig,
         q = _module(gm, name)
         if not isinstance(q, (ActivationQuantizer, FixedQParamsQuantizer)):
             continue
-        keys = [(module_path(rule_site(n)), op_kind(rule_site(n)), op_roles(rule_site(n))) for n in nodes]
+        keys = [(module_path(rule_site(n)), op_kind(rule_site(n)), op_roles(n)) for n in nodes]
         if only is not None and not any(r.matches(m, op, name, roles) for r in only for m, op, roles in keys):
             continue
         fixing = list(dict.fromkeys(p.qparams_rule for p in (resolve(config.overrides, m, op, config.default_precision,

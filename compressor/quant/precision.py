@@ -20,6 +20,11 @@ long-tailed signal (one for the largest rounds the bulk's to zero, one for the
 bulk clips the largest; README "Level"); 16 bits can, but 16-bit MUL and MEAN
 run on LiteRT's reference kernels (9x the latency of the whole file).
 
+A rule's OP may also be ``output``: a tensor that is one of the model's
+outputs (through data-movement ops). ``'*:output=a16'`` gives a file 16-bit
+outputs (int16 audio; the level stage's fixed output grid then has 256x finer
+steps, README "Level"); a file's inputs stay 8-bit.
+
 A rule may also name one tensor: ``#NAME`` matches the activation quantizer
 of that name, as ``compress eval --sensitivity`` lists them.
 
@@ -58,6 +63,9 @@ ACTIVATION_BITS = (8, 16)  # what both runtimes have kernels for (int8, and TFLi
 # square may have: no quantizer, the exact squares summed in the int32 accumulator of a matmul.
 VARIANCE_ROLE = "variance"
 ACCUMULATOR_BITS = 32
+# The op name a rule gives to a tensor that is one of the model's outputs (through data-movement ops):
+# '*:output=a16' gives a file int16 audio out (README "Level").
+OUTPUT_ROLE = "output"
 QPARAM_FIELDS = ("scale", "zero_point", "learn_qparams")  # left out of to_dict() when unset: configs stay as before
 
 
@@ -208,14 +216,16 @@ def resolve(rules: Iterable[PrecisionOverride], module_path: str, op: str, defau
 DEFAULT_RULES = (PrecisionOverride(op=VARIANCE_ROLE, activation_bits=ACCUMULATOR_BITS),)
 
 
-def precision_overrides(rules: Iterable[str], defaults: bool = True) -> tuple[PrecisionOverride, ...]:
-    """The CLI/recipe form ('MODULE[:OP]=SPEC' strings) as rules, after ``DEFAULT_RULES`` unless ``defaults`` is off."""
-    return (DEFAULT_RULES if defaults else ()) + tuple(PrecisionOverride.parse(rule) for rule in rules)
+def precision_overrides(rules: Iterable[str], recipe_rules: tuple[PrecisionOverride, ...] = (),
+                        defaults: bool = True) -> tuple[PrecisionOverride, ...]:
+    """The CLI/recipe form ('MODULE[:OP]=SPEC' strings) as rules, after ``DEFAULT_RULES`` (unless ``defaults`` is
+    off) and a recipe's own ``recipe_rules``: the user's win."""
+    return (DEFAULT_RULES if defaults else ()) + tuple(recipe_rules) + tuple(PrecisionOverride.parse(r) for r in rules)
 
 
 def overrides_from(data: Iterable[Mapping[str, Any] | PrecisionOverride]) -> tuple[PrecisionOverride, ...]:
     return tuple(d if isinstance(d, PrecisionOverride) else PrecisionOverride.from_dict(d) for d in data)
 
 
-__all__ = ["ACCUMULATOR_BITS", "ACTIVATION_BITS", "DEFAULT_RULES", "VARIANCE_ROLE", "Precision", "PrecisionOverride",
+__all__ = ["ACCUMULATOR_BITS", "ACTIVATION_BITS", "DEFAULT_RULES", "OUTPUT_ROLE", "VARIANCE_ROLE", "Precision", "PrecisionOverride",
            "overrides_from", "precision_overrides", "resolve", "zero_point_range"]

@@ -71,8 +71,14 @@ class FQSEConfig(QATConfig):
     # -0.42 -> -0.19, brown noise -0.57 -> -0.27, output codes at the limits at -10 dBFS 0.356 % -> 0;
     # demo test split +0.00 -> -0.25 (the coarse step is ~1.7x wider and the RQB does not make up for all of it).
     pin_output_range: bool = True
+    # FQSE's output is int8 (coarse output plus the RQB's int8 residual, or as ``output_precision`` says), not
+    # vanilla's 16-bit output.
+    output_bits: int = 8
 
     def __post_init__(self) -> None:
+        if self.output_bits != 8:
+            raise RecipeError("fqse: the output's precision is --output-precision (8bit, rqb or 16bit), "
+                              "not --output-bits")
         self.io()  # validates the precisions
         self.model_config()  # validates the inits and the gain
         if self.snr_low_db > self.snr_high_db:
@@ -81,10 +87,10 @@ class FQSEConfig(QATConfig):
     def io(self) -> IOConfig:
         return IOConfig(input=self.input_precision, output=self.output_precision, gain=self.gain)
 
-    def quant_config(self) -> QuantConfig:
+    def quant_config(self, audio_output: bool = True) -> QuantConfig:
         """QAT's, with the I/O's fixed grids (the split input, fqse/io_config.py) as the last precision rules,
         and without ``exact_variance`` an 8-bit variance rule after the default ones (the user's still win)."""
-        config = super().quant_config()
+        config = super().quant_config(audio_output)
         defaults = len(DEFAULT_RULES)
         own = () if self.exact_variance else (PrecisionOverride(op=VARIANCE_ROLE, activation_bits=8),)
         rules = config.overrides[:defaults] + own + config.overrides[defaults:] + self.io().overrides()

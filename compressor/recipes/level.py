@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from compressor.data.augment import LevelAugmented, TiltAugmented
 from compressor.errors import RecipeError
 from compressor.module_mode import set_training
-from compressor.quant.precision import PrecisionOverride
+from compressor.quant.precision import OUTPUT_ROLE, PrecisionOverride
 from compressor.stages.level import LevelStage, level_stage_of
 from compressor.stages.level_model import target_peak_of
 
@@ -124,6 +124,28 @@ def output_peaks(float_model: torch.nn.Module, batches: list[torch.Tensor], stag
     return [float(torch.cat(p).median()) for p in peaks]
 
 
+OUTPUT_BITS = (8, 16)
+
+
+def check_output_bits(bits: int) -> None:
+    if bits not in OUTPUT_BITS:
+        raise RecipeError(f"output_bits must be one of {OUTPUT_BITS}, got {bits!r}")
+
+
+def output_rules(bits: int, level_stage: bool) -> tuple[PrecisionOverride, ...]:
+    """The recipe's precision rule for the model's outputs: ``bits`` wide behind a level stage.
+
+    Behind the stage an output's grid spans the stage's target peak (``pin_io_ranges``), the peak of the
+    mixture; an estimate far below it (speech in brown noise, any quiet source) gets few of 8 bits' codes, and
+    that step was the largest single share of the int8 files' loss against float. At 16 bits the step is 256x
+    finer and nothing else in the file changes: the last op runs 16x8 (TFLite) or before an int16
+    QuantizeLinear (ONNX), the file gives int16 audio, and its latency was unchanged within noise
+    (benchmarks/results/level/int16_output/). Without a stage the output keeps the activation bits.
+    """
+    check_output_bits(bits)
+    return (PrecisionOverride(op=OUTPUT_ROLE, activation_bits=bits),) if level_stage and bits != 8 else ()
+
+
 def _peak_grid_rule(qmodel: Any, name: str, stage: LevelStage) -> PrecisionOverride:
     quantizer = qmodel.quantizers()[name]
     return PrecisionOverride(tensor=name, scale=stage.target_peak / (quantizer.qmax - 1), zero_point=0)
@@ -175,5 +197,5 @@ def recorded_stage(recipe_info: dict[str, Any] | None) -> LevelStage | None:
         raise RecipeError(f"the checkpoint's recipe record: {exc}") from exc
 
 
-__all__ = ["EQUIVARIANCE_DB", "augmented", "equivariance_db", "fit_level_stage", "input_range_rule",
+__all__ = ["EQUIVARIANCE_DB", "OUTPUT_BITS", "augmented", "check_output_bits", "output_rules", "equivariance_db", "fit_level_stage", "input_range_rule",
            "output_peaks", "output_range_rules", "pin_io_ranges", "recorded_stage", "stage_records"]

@@ -12,7 +12,9 @@ from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.quant.precision import precision_overrides
 from compressor.recipes import spectral
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
-from compressor.recipes.level import augmented, fit_level_stage, output_peaks, pin_io_ranges, stage_records
+from compressor.recipes.level import (
+    augmented, check_output_bits, fit_level_stage, output_peaks, output_rules, pin_io_ranges, stage_records,
+)
 from compressor.stages.level_model import at_level
 
 
@@ -32,6 +34,9 @@ class PTQConfig(JsonConfig):
     # random spectral tilt of the items' noise (white to brown/blue): on the robustness set PTQ -0.74 -> -0.62 dB,
     # vanilla QAT -0.54 -> -0.48 dB against float; demo split +0.06 -> +0.16 / +0.08 -> +0.20 (README 'Level')
     tilt_aug: bool = True
+    # The model's output at 16 bits (int16 audio out of the file) behind the level stage: its grid spans the
+    # stage's target peak, too coarse at 8 bits for a quiet estimate (recipes/level.py output_rules).
+    output_bits: int = 16
     # per-layer precision rules, 'MODULE[:OP]=a16' (compressor/quant/precision.py), later ones win
     precision: tuple[str, ...] = ()
 
@@ -39,10 +44,13 @@ class PTQConfig(JsonConfig):
         if self.calib_batches < 1 or self.batch_size < 1:
             raise ConfigError("PTQ needs calib_batches >= 1 and batch_size >= 1")
         precision_overrides(self.precision)  # a malformed rule fails here, before any work
+        check_output_bits(self.output_bits)
 
-    def quant_config(self) -> QuantConfig:
+    def quant_config(self, audio_output: bool = True) -> QuantConfig:
+        """``audio_output``: the model's outputs are audio (not a spectral core's mask), so ``output_bits`` apply."""
+        rules = output_rules(self.output_bits, self.level_stage and audio_output)
         return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
-                           calibration=self.calibration, overrides=precision_overrides(self.precision))
+                           calibration=self.calibration, overrides=precision_overrides(self.precision, rules))
 
 
 class PTQ(Recipe):
@@ -56,7 +64,8 @@ class PTQ(Recipe):
         train_set = augmented(ctx.train_set, cfg)
         example = example_input(train_set)
         split = spectral.split_of(ctx.float_model, example, cfg.quant_config().substitutions)  # a spectral model: only the core is quantized
-        qmodel = quantize(*spectral.to_quantize(ctx.float_model, example, split), cfg.quant_config())
+        qmodel = quantize(*spectral.to_quantize(ctx.float_model, example, split),
+                          cfg.quant_config(audio_output=split is None))
         batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
         stage = fit_level_stage(batches, cfg.level_stage, ctx.float_model)
         self.stages = stage_records(stage) + spectral.records(split)

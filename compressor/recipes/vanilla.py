@@ -17,7 +17,9 @@ from compressor.quant.leaky_grid import snap_leaky_relu_grids
 from compressor.quant.precision import precision_overrides
 from compressor.recipes import spectral
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
-from compressor.recipes.level import augmented, fit_level_stage, output_peaks, pin_io_ranges, stage_records
+from compressor.recipes.level import (
+    augmented, check_output_bits, fit_level_stage, output_peaks, output_rules, pin_io_ranges, stage_records,
+)
 from compressor.stages.level import LevelStage
 from compressor.stages.spectral import SpectralStage
 from compressor.stages.spectral_split import SpectralSplit
@@ -56,15 +58,20 @@ class QATConfig(JsonConfig):
     # random spectral tilt of the items' noise (white to brown/blue): on the robustness set PTQ -0.74 -> -0.62 dB,
     # vanilla QAT -0.54 -> -0.48 dB against float; demo split +0.06 -> +0.16 / +0.08 -> +0.20 (README 'Level')
     tilt_aug: bool = True
+    # The model's output at 16 bits (int16 audio out of the file) behind the level stage (see PTQConfig).
+    output_bits: int = 16
     # per-layer precision rules, 'MODULE[:OP]=a16' (compressor/quant/precision.py), later ones win
     precision: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         precision_overrides(self.precision)  # a malformed rule fails here, before any work
+        check_output_bits(self.output_bits)
 
-    def quant_config(self) -> QuantConfig:
+    def quant_config(self, audio_output: bool = True) -> QuantConfig:
+        """``audio_output``: the model's outputs are audio (not a spectral core's mask), so ``output_bits`` apply."""
+        rules = output_rules(self.output_bits, self.level_stage and audio_output)
         return QuantConfig(weight_bits=self.weight_bits, activation_bits=self.activation_bits,
-                           calibration="minmax", overrides=precision_overrides(self.precision))
+                           calibration="minmax", overrides=precision_overrides(self.precision, rules))
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, grad_clip=self.grad_clip,
@@ -78,7 +85,7 @@ def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage |
 
     With a spectral ``split`` (recipes/spectral.py) only its core is quantized, calibrated on STFT features."""
     qmodel = quantize(*spectral.to_quantize(ctx.float_model, example_input(ctx.train_set), split),
-                      config.quant_config())
+                      config.quant_config(audio_output=split is None))
     batches = list(calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed))
     if split is None:  # input and output grids behind the stage, fixed (QAT does not learn them)
         pin_io_ranges(qmodel, stage, output_peaks(ctx.float_model, batches, stage) if stage else None)
