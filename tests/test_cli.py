@@ -61,7 +61,7 @@ def test_ptq_then_eval_side_by_side(tmp_path, paired, float_ckpt):
     assert result.exit_code == 0, result.output
     models = json.loads(report.read_text())["models"]
     names = [m["name"] for m in models]
-    assert names == ["float", "q (simulated int8)", "q (quantizers off)"]
+    assert names == ["float", "q (simulated int8 + 16-bit output)", "q (quantizers off)"]  # ptq: int16 audio out
     for m in models:
         assert set(m["quality"]["si_snr"]) == {"all", "low", "mid", "high"}
         assert {"sdr", "stoi", "si_snri"} <= set(m["quality"])

@@ -10,6 +10,7 @@ from compressor.cli.common import data_option, eval_set, handle_errors, load, se
 from compressor.evaluation import evaluate
 from compressor.fileio import write_text_atomic
 from compressor.quant.clipping import ClippingMonitor, ClippingReport
+from compressor.quant.precision import OUTPUT_ROLE
 from compressor.quant.sensitivity import SensitivityReport
 from compressor.quant.sensitivity import sensitivity as sensitivity_of
 from compressor.recipes import inference_model
@@ -89,7 +90,7 @@ def eval_cmd(models, data, strict_audio, reference, model_factory, trust_pickle,
         loaded = load(path, model_factory, trust_pickle)
         model = inference_model(loaded)  # e.g. FQSE: splitter -> int8 graph -> combiner
         if loaded.quantized:
-            wide = " + 16-bit overrides" if any(r.activation_bits == 16 for r in loaded.model.config.overrides) else ""
+            wide = _sixteen_bit_label(loaded.model.config.overrides)
             name = f"{path.stem} (simulated int{loaded.model.config.activation_bits}{wide})"
             if clipping:  # hooks on the quantizers during the simulated pass: the data runs once
                 with ClippingMonitor(model) as monitor:
@@ -177,3 +178,11 @@ def _eval_quality(models, data, model_factory, trust_pickle, max_items, json_out
         write_json(json_out, {"data": data, "task": "quality", "models": rows})
     if md_out:
         write_text_atomic(md_out, f"# Quality prediction on {data}\n\n{table}")
+
+
+def _sixteen_bit_label(rules) -> str:
+    """What a model's 16-bit rules widen, for its row name: the output (the recipes' default), or more."""
+    wide = [r for r in rules if r.activation_bits == 16]
+    if not wide:
+        return ""
+    return " + 16-bit output" if all(r.op == OUTPUT_ROLE and r.tensor == "*" for r in wide) else " + 16-bit overrides"
