@@ -209,3 +209,31 @@ def test_a_model_that_is_not_scale_equivariant_gets_no_stage(caplog):
     with caplog.at_level("WARNING"):
         assert fit_level_stage(batches, True, _OutputBias()) is None
     assert "not scale-equivariant" in caplog.text
+
+
+def test_clip_augmentation_clips_the_chosen_share_of_mixtures_at_full_scale_and_keeps_the_sources_unclipped():
+    from compressor.data.augment import ClipAugmented
+    from compressor.data.mixing import MAX_PEAK
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 200
+
+        def __getitem__(self, i):
+            t = torch.linspace(0, 40, 800)
+            source = 0.05 * torch.sin(t + i)
+            return {"mixture": source + 0.01 * torch.cos(3 * t), "sources": source[None]}
+
+    augmented = ClipAugmented(Items(), share=0.25, seed=3)
+    clipped = 0
+    for i in range(len(augmented)):
+        item, original = augmented[i], Items()[i]
+        if torch.equal(item["mixture"], original["mixture"]):
+            continue
+        clipped += 1
+        assert float(item["mixture"].abs().max()) == pytest.approx(MAX_PEAK)
+        gain = float(item["sources"].abs().max() / original["sources"].abs().max())
+        assert gain * float(original["mixture"].abs().max()) >= MAX_PEAK * 0.999  # driven past full scale
+        assert torch.allclose(item["sources"], original["sources"] * gain)  # the references are not clipped
+    assert 30 <= clipped <= 70  # about a quarter of 200
+    assert all(torch.equal(augmented[i]["mixture"], augmented[i]["mixture"]) for i in range(5))  # same draw again

@@ -15,10 +15,10 @@ from compressor.recipes import RecipeContext, get_recipe, list_recipes
 from compressor.training import distributed
 
 
-def _level_options(no_level_stage, level_aug, tilt_aug, output_bits) -> dict:
+def _level_options(no_level_stage, level_aug, tilt_aug, output_bits, clip_aug) -> dict:
     """The level switches as recipe options; None where not given (recipes without them refuse set ones)."""
     return dict(level_stage=False if no_level_stage else None, level_aug_db=level_aug, tilt_aug=tilt_aug,
-                output_bits=int(output_bits) if output_bits else None)
+                output_bits=int(output_bits) if output_bits else None, clip_aug=clip_aug)
 
 
 def _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
@@ -76,6 +76,9 @@ def _common(func):
         click.option("--tilt-aug/--no-tilt-aug", default=None,
                      help="Random spectral tilt (white to brown and blue) of each training/calibration item's noise "
                           "(default: on)."),
+        click.option("--clip-aug", type=click.FloatRange(0, 1), metavar="SHARE",
+                     help="Share of the training/calibration items driven 0-12 dB past full scale and hard-clipped, "
+                          "as an ADC clips loud speech (default 0; README 'Level' for what it costs and buys)."),
         click.option("--output-bits", type=click.Choice(["8", "16"]),
                      help="ptq/vanilla: bits of the model's output behind the level stage (default 16: the file "
                           "gives int16 audio; its grid spans the stage's target peak, and 8 bits leave a quiet "
@@ -130,7 +133,7 @@ def _common(func):
 @click.option("--binary-weights", is_flag=True, default=None, help="bam: conv weights binary too (sign times a scale).")
 @handle_errors
 def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
-            precision, seed, no_level_stage, level_aug, tilt_aug, output_bits, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
+            precision, seed, no_level_stage, level_aug, tilt_aug, clip_aug, output_bits, out, threads, verbose, recipe_name, steps, batch_size, lr, quantizer_lr, checkpoint_every,
             distill, run_dir, resume, no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
             splitter_init, split_encoder, tight_split_range, learned_output_range, rqb_init, epochs, beta,
             binary_weights):
@@ -146,7 +149,7 @@ def qat_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, 
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, precision=precision or None, steps=steps, batch_size=batch_size,
                    lr=lr, quantizer_lr=quantizer_lr, checkpoint_every=checkpoint_every, distill=distill,
                    epochs=epochs, beta=beta, binary_weights=binary_weights or None)
-    options.update(_level_options(no_level_stage, level_aug, tilt_aug, output_bits))
+    options.update(_level_options(no_level_stage, level_aug, tilt_aug, output_bits, clip_aug))
     options.update(_fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, output_precision,
                                  splitter_init, rqb_init, split_encoder, tight_split_range, learned_output_range))
     _run(model, model_factory, trust_pickle, recipe_name, options, data, strict_audio, valid_data,
@@ -182,12 +185,12 @@ def _fqse_options(no_snr_aug, snr_range, no_splitter, no_rqb, input_precision, o
 @click.option("--batch-size", default=4, show_default=True)
 @handle_errors
 def ptq_cmd(model, model_factory, trust_pickle, data, strict_audio, valid_data, segment_seconds, weight_bits, activation_bits,
-            precision, seed, no_level_stage, level_aug, tilt_aug, output_bits, out, threads, verbose, calibration, calib_batches, batch_size):
+            precision, seed, no_level_stage, level_aug, tilt_aug, clip_aug, output_bits, out, threads, verbose, calibration, calib_batches, batch_size):
     """Post-training quantization of MODEL: calibrate ranges on data, no retraining."""
     setup_logging(verbose)
     set_threads(threads)
     options = dict(weight_bits=weight_bits, activation_bits=activation_bits, calibration=calibration,
                    calib_batches=calib_batches, batch_size=batch_size, precision=precision or None)
-    options.update(_level_options(no_level_stage, level_aug, tilt_aug, output_bits))
+    options.update(_level_options(no_level_stage, level_aug, tilt_aug, output_bits, clip_aug))
     _run(model, model_factory, trust_pickle, "ptq", options, data, strict_audio, valid_data,
          segment_seconds, out, None, False, seed)

@@ -12,7 +12,10 @@ for bit:
 - ``TiltAugmented``: the item's noise (mixture minus the sources) through a
   first-order filter ``y[n] = x[n] + a y[n-1]`` with ``a`` drawn in
   ``tilt_range`` (a > 0 tilts it towards brown, a < 0 towards blue), rescaled
-  to its old energy, so the SNR stays the item's.
+  to its old energy, so the SNR stays the item's;
+- ``ClipAugmented``: a share of the items played louder than full scale and
+  hard-clipped, as an ADC clips loud speech (the mixture only; the sources
+  keep their shape, scaled by the same gain).
 """
 from __future__ import annotations
 
@@ -106,4 +109,29 @@ class TiltAugmented(_PerItemDraw):
         return item
 
 
-__all__ = ["LevelAugmented", "TiltAugmented", "tilt"]
+class ClipAugmented(_PerItemDraw):
+    """A share of the items driven ``depth_db`` (uniform) past full scale and hard-clipped at ``MAX_PEAK``."""
+
+    tag = 0xC11F
+
+    def __init__(self, base: Dataset, share: float, depth_db: tuple[float, float] = (0.0, 12.0), seed: int = 0) -> None:
+        super().__init__(base, seed)
+        if not 0.0 <= share <= 1.0:
+            raise DataError(f"clip augmentation share must be in [0, 1], got {share}")
+        self.share = float(share)
+        self.depth_db = _check_range("clip augmentation depth (dB)", depth_db)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = dict(self.base[index])
+        rng = self.rng(index)
+        if rng.uniform() < self.share:
+            mixture = item["mixture"]
+            peak = float(mixture.abs().max())
+            if peak > 0:
+                gain = MAX_PEAK * 10.0 ** (rng.uniform(*self.depth_db) / 20.0) / peak
+                item["mixture"] = (mixture * gain).clamp(-MAX_PEAK, MAX_PEAK)
+                item["sources"] = item["sources"] * gain
+        return item
+
+
+__all__ = ["ClipAugmented", "LevelAugmented", "TiltAugmented", "tilt"]

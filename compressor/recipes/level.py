@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from compressor.data.augment import LevelAugmented, TiltAugmented
+from compressor.data.augment import ClipAugmented, LevelAugmented, TiltAugmented
 from compressor.errors import RecipeError
 from compressor.module_mode import set_training
 from compressor.quant.precision import OUTPUT_ROLE, PrecisionOverride
@@ -26,13 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def augmented(train_set: Dataset, cfg: Any) -> Dataset:
-    """``train_set`` with the config's level (``level_aug_db``: +-dB) and tilt (``tilt_aug``) augmentation."""
+    """``train_set`` with the config's level (``level_aug_db``: +-dB), tilt (``tilt_aug``) and clipping
+    (``clip_aug``: the share of items hard-clipped like an ADC) augmentation."""
     if cfg.level_aug_db < 0:
         raise RecipeError(f"level_aug_db must be >= 0 (a +- range in dB), got {cfg.level_aug_db}")
     if cfg.tilt_aug:
         train_set = TiltAugmented(train_set, seed=cfg.seed)
     if cfg.level_aug_db > 0:
         train_set = LevelAugmented(train_set, (-cfg.level_aug_db, cfg.level_aug_db), seed=cfg.seed)
+    if cfg.clip_aug > 0:
+        train_set = ClipAugmented(train_set, cfg.clip_aug, seed=cfg.seed)
     return train_set
 
 

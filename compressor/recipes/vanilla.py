@@ -58,6 +58,11 @@ class QATConfig(JsonConfig):
     # random spectral tilt of the items' noise (white to brown/blue): on the robustness set PTQ -0.74 -> -0.62 dB,
     # vanilla QAT -0.54 -> -0.48 dB against float; demo split +0.06 -> +0.16 / +0.08 -> +0.20 (README 'Level')
     tilt_aug: bool = True
+    # share of the items driven 0-12 dB past full scale and hard-clipped, as an ADC clips loud speech
+    # (data/augment.py ClipAugmented); off by default: PTQ with 0.25 read -0.45 -> +0.04 dB at -10 dBFS and
+    # brown noise -1.03 -> -0.11 on the robustness set (-10 and -30 dBFS, simulation), but the demo split
+    # -0.12 -> -0.27 (benchmarks/results/level/clip_aug/)
+    clip_aug: float = 0.0
     # The model's output at 16 bits (int16 audio out of the file) behind the level stage (see PTQConfig).
     output_bits: int = 16
     # per-layer precision rules, 'MODULE[:OP]=a16' (compressor/quant/precision.py), later ones win
