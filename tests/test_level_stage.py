@@ -237,3 +237,23 @@ def test_clip_augmentation_clips_the_chosen_share_of_mixtures_at_full_scale_and_
         assert torch.allclose(item["sources"], original["sources"] * gain)  # the references are not clipped
     assert 30 <= clipped <= 70  # about a quarter of 200
     assert all(torch.equal(augmented[i]["mixture"], augmented[i]["mixture"]) for i in range(5))  # same draw again
+
+
+def test_a_model_refused_a_stage_keeps_an_8_bit_output(tmp_path):
+    from compressor.fqse.io_config import io_quantizers
+    from compressor.recipes import RecipeContext, get_recipe
+
+    class Items(torch.utils.data.Dataset):
+        sample_rate = 16000
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            x = torch.sin(torch.arange(800) * 0.05 * (i + 1)) * 0.1
+            return {"mixture": x, "sources": x[None], "snr_db": 0.0, "id": str(i)}
+
+    recipe = get_recipe("ptq").from_options({"calib_batches": 2, "batch_size": 2, "tilt_aug": False})
+    qmodel = recipe.run(RecipeContext(_OutputBias(), Items(), None, tmp_path, progress=False))
+    (_,), (output,) = io_quantizers(qmodel)
+    assert "stages" not in recipe.describe() and qmodel.quantizers()[output].bits == 8

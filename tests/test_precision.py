@@ -197,7 +197,8 @@ def test_recipes_give_an_audio_output_16_bits_behind_the_level_stage_only():
         assert rule not in config.quant_config(audio_output=False).overrides  # a spectral core's mask
         assert rule not in type(config)(level_stage=False).quant_config().overrides
         assert rule not in type(config)(output_bits=8).quant_config().overrides
-        assert rule not in type(config)(precision=("#act_x=a8",)).quant_config().overrides[-1:]  # the user's win
+        rules = type(config)(precision=("#act_x=a8",)).quant_config().overrides
+        assert rules.index(rule) < rules.index(PrecisionOverride(tensor="act_x", activation_bits=8))  # the user's win
     assert rule not in FQSEConfig().quant_config().overrides  # FQSE's output is --output-precision
     with pytest.raises(RecipeError, match="--output-precision"):
         FQSEConfig(output_bits=16)

@@ -69,10 +69,11 @@ class PTQ(Recipe):
         train_set = augmented(ctx.train_set, cfg)
         example = example_input(train_set)
         split = spectral.split_of(ctx.float_model, example, cfg.quant_config().substitutions)  # a spectral model: only the core is quantized
-        qmodel = quantize(*spectral.to_quantize(ctx.float_model, example, split),
-                          cfg.quant_config(audio_output=split is None))
         batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
         stage = fit_level_stage(batches, cfg.level_stage, ctx.float_model)
+        # the 16-bit output only behind a stage the model got (not one refused for a non-equivariant model)
+        qmodel = quantize(*spectral.to_quantize(ctx.float_model, example, split),
+                          cfg.quant_config(audio_output=split is None and stage is not None))
         self.stages = stage_records(stage) + spectral.records(split)
         if split is None:  # a spectral core's input and output are features and a mask, not audio
             # fixed-qparams rules: calibration leaves the input and output grids alone

@@ -90,7 +90,7 @@ def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage |
 
     With a spectral ``split`` (recipes/spectral.py) only its core is quantized, calibrated on STFT features."""
     qmodel = quantize(*spectral.to_quantize(ctx.float_model, example_input(ctx.train_set), split),
-                      config.quant_config(audio_output=split is None))
+                      config.quant_config(audio_output=split is None and stage is not None))
     batches = list(calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed))
     if split is None:  # input and output grids behind the stage, fixed (QAT does not learn them)
         pin_io_ranges(qmodel, stage, output_peaks(ctx.float_model, batches, stage) if stage else None)
