@@ -62,7 +62,8 @@ import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers torch.ops.
 from torch import fx, nn
 
 from compressor.errors import ExportError
-from compressor.quant.graph import (QUANTIZER_ROOT, averaged_square, get_attr_value, quantizer_at, source_location)
+from compressor.quant.graph import (QUANTIZER_ROOT, averaged_square, get_attr_value, grid_source, quantizer_at,
+                                    source_location)
 from compressor.quant.model import QuantizedModel
 from compressor.ops.registry import record_for, target_op
 from compressor.recurrent.cells import gru_step, lstm_step
@@ -318,7 +319,7 @@ class _Lowerer:
             if not averaged_square(square) or any(self.quantizer(u) is not None for u in square.users):
                 continue
             x = square.args[0]
-            source = _grid_source(self.gm, x)
+            source = grid_source(self.gm, x)
             if source is None or _activation_qparams(self.quantizer(source)).dtype != torch.int8:
                 raise ExportError(f"{square.name} at {source_location(square)}: the squares summed in a matmul "
                                   "need an 8-bit input; quantize with --precision '*:variance=a16' instead")
@@ -343,7 +344,7 @@ class _Lowerer:
             if mean.op != "call_function" or mean.target not in (aten.mean.dim, aten.mean.default):
                 continue
             x = mean.args[0]
-            source = _grid_source(self.gm, x) if isinstance(x, fx.Node) else None
+            source = grid_source(self.gm, x) if isinstance(x, fx.Node) else None
             if source is None or _activation_qparams(self.quantizer(source)).dtype != torch.int8:
                 continue
             shape = self.shape_of(x, mean)
@@ -742,7 +743,7 @@ class _Lowerer:
             x = node.args[0]
         else:
             return None
-        source = _grid_source(self.gm, x) if isinstance(x, fx.Node) else None
+        source = grid_source(self.gm, x) if isinstance(x, fx.Node) else None
         q = self.quantizer(source) if source is not None else None
         if not isinstance(q, ActivationQuantizer) or q.bits != 8 or _from_elementwise(self.gm, x):
             return None
@@ -750,7 +751,7 @@ class _Lowerer:
 
     def magnitude_quantizer(self, x: fx.Node) -> str:
         """A quantizer for |x|: x's scale, zero-point qmin (every |q - z| fits), registered next to the others."""
-        source = self.quantizer(_grid_source(self.gm, x))
+        source = self.quantizer(grid_source(self.gm, x))
         q = ActivationQuantizer(bits=source.bits)
         with torch.no_grad():
             q.scale.copy_(source.scale.detach().abs())
@@ -770,7 +771,7 @@ class _Lowerer:
                 view = arg
                 for _ in range(k):
                     view = self.graph.call_function(aten.unsqueeze.default, (view, 0))
-                source = _grid_source(self.gm, arg)
+                source = grid_source(self.gm, arg)
                 if source is not None:
                     # quantized again on its own grid (exact): the op's operand is then a dequantize, not a
                     # float reshape the converter would move past the op (and merge again)
@@ -880,18 +881,6 @@ def _output_grid(gm: fx.GraphModule, node: fx.Node) -> TensorQParams | None:
         return None
     grids = {_activation_qparams(q) for q in quantizers}
     return grids.pop() if len(grids) == 1 else None
-
-
-def _grid_source(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
-    """The quantizer call that sets ``node``'s grid, through data movement (None: not quantized)."""
-    while isinstance(node, fx.Node):
-        if isinstance(quantizer_at(gm, node), (ActivationQuantizer, FixedQParamsQuantizer)):
-            return node
-        record = record_for(node.target) if node.op == "call_function" else None
-        if record is None or record.kind != "move" or not node.args:
-            return None
-        node = node.args[0]
-    return None
 
 
 def _elementwise(node: fx.Node) -> bool:

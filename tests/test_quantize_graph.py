@@ -92,6 +92,25 @@ def test_relu_fused_into_producer():
     assert user.target == torch.ops.aten.relu.default, "conv output was quantized before the ReLU"
 
 
+def test_relu_after_a_reshape_is_rounded_once_after_its_producer():
+    # asteroid DPTNet's mask: relu(reshape(tanh * sigmoid)); TFLite's converter fuses the ReLU into the MUL
+    from compressor.ops.fixtures import GatedMaskReLU
+
+    make = lambda: torch.randn(2, 8, 16)  # noqa: E731
+    qm = _quantize_calibrated(GatedMaskReLU(), make)
+    mul = next(n for n in _call_targets(qm) if n.target == torch.ops.aten.mul.Tensor)
+    (user,) = mul.users
+    assert user.target == torch.ops.aten.relu.default, "the product was quantized before the ReLU"
+    x = make()
+    with torch.no_grad():
+        assert qm(x).shape == (2, 2, 4, 16)
+    # a checkpoint saved before keeps its quantizers where they were planned (one after the product, one after ReLU)
+    legacy = QuantConfig.from_dict({k: v for k, v in QuantConfig().to_dict().items() if k != "relu_before_moves"})
+    old = quantize(GatedMaskReLU(), make(), legacy)
+    mul = next(n for n in _call_targets(old) if n.target == torch.ops.aten.mul.Tensor)
+    assert [_is_quantizer_call(u) for u in mul.users] == [True]
+
+
 def test_fixed_qparams_in_graph():
     qm = _quantize_calibrated(TinyAttention(), lambda: torch.randn(2, 5, 8))
     fixed = [q for q in qm.quantizers().values() if isinstance(q, FixedQParamsQuantizer)]
@@ -196,3 +215,24 @@ def test_a_conv_weight_held_as_a_plain_tensor_attribute_is_quantized():
     assert any(isinstance(q, WeightQuantizer) for q in qm.quantizers().values())
     with torch.no_grad():
         assert torch.allclose(qm(x), model(x), atol=0.1 * float(model(x).abs().max()))
+
+
+class _PReLUAfterReshape(torch.nn.Module):
+    """asteroid DPTNet's first_out: a one-slope PReLU on a reshaped tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(8, 8, 1)
+        self.prelu = torch.nn.PReLU()
+        self.out = torch.nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x).reshape(x.shape[0], 2, 4, -1)
+        return self.out(self.prelu(y))
+
+
+def test_a_prelu_after_a_reshape_gets_exact_leaky_relu_grids():
+    from compressor.quant.leaky_grid import snap_leaky_relu_grids
+
+    qm = _quantize_calibrated(_PReLUAfterReshape(), lambda: torch.randn(2, 8, 16))
+    assert snap_leaky_relu_grids(qm) == 1  # its input's grid is found through the reshape

@@ -101,6 +101,19 @@ class Unary(nn.Module):
         return {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[self.op](y)
 
 
+class GatedMaskReLU(nn.Module):
+    """asteroid DPTNet's mask: relu(reshape(tanh(conv) * sigmoid(conv))), the ReLU after a reshape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = nn.Conv1d(8, 8, 1)
+        self.gate = nn.Conv1d(8, 8, 1)
+
+    def forward(self, x):
+        y = torch.tanh(self.out(x)) * torch.sigmoid(self.gate(x))
+        return torch.relu(y.reshape(x.shape[0], 2, 4, -1))
+
+
 class Binary(nn.Module):
     def __init__(self, op: str) -> None:
         super().__init__()
@@ -431,6 +444,7 @@ FIXTURES = {
     "prelu": lambda: Unary("prelu"),
     "prelu_shared": lambda: Unary("prelu_shared"),
     "relu": lambda: Unary("relu"),
+    "relu_after_reshape": lambda: GatedMaskReLU(),
     "sigmoid": lambda: Unary("sigmoid"),
     "tanh": lambda: Unary("tanh"),
     "add": lambda: Binary("add"),

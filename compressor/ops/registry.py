@@ -84,8 +84,8 @@ def _records() -> tuple[OpRecord, ...]:
         R("clamp", (aten.clamp.default,), "compute", ("MAXIMUM", "MINIMUM", "RELU_N1_TO_1", "RELU6"), ("Clip",),
           fixture=("clamp",)),
         # -- activations --------------------------------------------------------------------------
-        R("relu", (aten.relu.default, aten.relu_.default), "relu", ("RELU",), ("Relu",), fixture=("relu",),
-          hint="fused into the conv/linear/add before it"),
+        R("relu", (aten.relu.default, aten.relu_.default), "relu", ("RELU",), ("Relu",),
+          fixture=("relu", "relu_after_reshape"), hint="fused into the conv/linear/add/mul before it"),
         R("hardtanh", (aten.hardtanh.default, aten.relu6.default), "relu", ("RELU6", "RELU_N1_TO_1", "MAXIMUM",
                                                                          "MINIMUM"), ("Clip",),
           fixture=("hardtanh", "relu6")),

@@ -40,6 +40,9 @@ class QuantConfig(JsonConfig):
     calibration: str = "minmax"
     ema_decay: float = 0.9
     fuse_relu: bool = True
+    # a ReLU written after a reshape/transpose of its producer is moved next to it (graph_of), so its quantizer is
+    # the producer's, rounded once, as TFLite's converter fuses it; saved without it (before): False, not moved
+    relu_before_moves: bool = True
     overrides: tuple[PrecisionOverride, ...] = DEFAULT_RULES
     substitutions: tuple[str, ...] = SUBSTITUTIONS
 
@@ -75,6 +78,8 @@ class QuantConfig(JsonConfig):
     def from_dict(cls, data):  # type: ignore[override]
         if isinstance(data, dict) and "overrides" not in data:
             data = {**data, "overrides": ()}  # saved before rules existed: no rule, not today's DEFAULT_RULES
+        if isinstance(data, dict) and "relu_before_moves" not in data:
+            data = {**data, "relu_before_moves": False}  # saved before: its quantizers sit where they were planned
         return super().from_dict(data)
 
     def to_dict(self) -> dict:

@@ -541,6 +541,18 @@ def quantizer_at(gm: fx.GraphModule, node: Any) -> nn.Module | None:
     return None
 
 
+def grid_source(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
+    """The quantizer call that sets ``node``'s grid, through data movement (None: not quantized)."""
+    while isinstance(node, fx.Node):
+        if isinstance(quantizer_at(gm, node), (ActivationQuantizer, FixedQParamsQuantizer)):
+            return node
+        record = record_for(node.target) if node.op == "call_function" else None
+        if record is None or record.kind != "move" or not node.args:
+            return None
+        node = node.args[0]
+    return None
+
+
 def get_attr_value(gm: fx.GraphModule, target: str) -> torch.Tensor:
     obj: Any = gm
     for part in target.split("."):

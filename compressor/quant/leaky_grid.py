@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from compressor.quant.graph import get_attr_value, quantizer_at
+from compressor.quant.graph import get_attr_value, grid_source, quantizer_at
 from compressor.quant.model import QuantizedModel
 from compressor.quant.quantizers import ActivationQuantizer, WeightQuantizer
 
@@ -52,7 +52,8 @@ def snap_leaky_relu_grids(qmodel: QuantizedModel) -> int:
             continue
         x, slope_node = node.args
         gm = qmodel.graph_module
-        in_q, out_q = quantizer_at(gm, x), quantizer_at(gm, next(iter(node.users)))
+        # the input's grid may come through a reshape/permute (asteroid DPTNet's PReLU after its overlap-add)
+        in_q, out_q = quantizer_at(gm, grid_source(gm, x)), quantizer_at(gm, next(iter(node.users)))
         slope_q = quantizer_at(gm, slope_node)
         source = slope_node.args[0] if slope_q is not None else slope_node
         if not (isinstance(in_q, ActivationQuantizer) and isinstance(out_q, ActivationQuantizer)

@@ -15,7 +15,8 @@ from compressor.ops.registry import decomposition_table
 from compressor.quant.config import SUBSTITUTIONS, QuantConfig
 from compressor.quant.graph import QUANTIZER_ROOT, get_attr_value, insert_quantizers, pin_fixed_qparams
 from compressor.quant.precision import PrecisionOverride
-from compressor.quant.substitution import fold_batchnorm, log_decompositions, substitute_norm_idioms
+from compressor.quant.substitution import (fold_batchnorm, log_decompositions, relu_before_moves,
+                                          substitute_norm_idioms)
 from compressor.quant.quantizers import (
     ActivationQuantizer,
     BiasQuantizer,
@@ -208,13 +209,15 @@ def trace_program(model: nn.Module, example_inputs: Sequence[torch.Tensor],
     return program
 
 
-def graph_of(program: torch.export.ExportedProgram, substitutions: Sequence[str] | None = None
-             ) -> torch.fx.GraphModule:
+def graph_of(program: torch.export.ExportedProgram, substitutions: Sequence[str] | None = None,
+             relu_first: bool = False) -> torch.fx.GraphModule:
     """The program as the GraphModule quantizers go into (eval BatchNorms folded unless ``substitutions``
-    leaves "batchnorm" out)."""
+    leaves "batchnorm" out; with ``relu_first`` a ReLU after reshapes of its producer moved next to it)."""
     gm = program.module()
     if substitutions is None or "batchnorm" in substitutions:
         fold_batchnorm(gm)
+    if relu_first:
+        relu_before_moves(gm)
     # Drop computations no output depends on (e.g. a last residual branch),
     # so they get no quantizers and cost nothing; keep the input guards.
     gm.graph.eliminate_dead_code(
@@ -261,7 +264,7 @@ def quantize_program(program: torch.export.ExportedProgram | bytes, example_shap
         program = torch.export.load(io.BytesIO(program))
     else:
         serialized = serialize_program(program)
-    gm = graph_of(program, config.substitutions)
+    gm = graph_of(program, config.substitutions, config.relu_before_moves)
     summary = insert_quantizers(gm, config)
     log.info("quantize(): %s", summary)
     return QuantizedModel(gm, config, example_shapes, summary, traced_program=serialized)
