@@ -239,6 +239,16 @@ def test_clip_augmentation_clips_the_chosen_share_of_mixtures_at_full_scale_and_
     assert all(torch.equal(augmented[i]["mixture"], augmented[i]["mixture"]) for i in range(5))  # same draw again
 
 
+def test_ptq_clips_a_share_of_its_calibration_items_only_behind_a_stage():
+    from compressor.recipes.level import PTQ_CLIP_AUG, clip_share
+    from compressor.stages.level import LevelStage
+
+    stage = LevelStage(target_peak=0.1)
+    assert clip_share(None, stage, PTQ_CLIP_AUG) == PTQ_CLIP_AUG > 0
+    assert clip_share(None, None, PTQ_CLIP_AUG) == 0.0  # no stage: ranges for full-scale audio would be wasted
+    assert clip_share(0.0, stage, PTQ_CLIP_AUG) == 0.0 and clip_share(0.5, None, PTQ_CLIP_AUG) == 0.5  # the user's
+
+
 def test_a_model_refused_a_stage_keeps_an_8_bit_output(tmp_path):
     from compressor.fqse.io_config import io_quantizers
     from compressor.recipes import RecipeContext, get_recipe

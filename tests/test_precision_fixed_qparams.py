@@ -160,7 +160,7 @@ def test_ptq_level_stage_input_grid_is_the_rule_and_as_before(tmp_path):
     from compressor.stages.level import level_stage_of
     from compressor.stages.level_model import at_level
 
-    options = {"calib_batches": 2, "batch_size": 2, "tilt_aug": False, "leaky_grid": False}
+    options = {"calib_batches": 2, "batch_size": 2, "tilt_aug": False, "leaky_grid": False, "clip_aug": 0.0}
     recipe = get_recipe("ptq").from_options(options)
     qmodel = recipe.run(RecipeContext(_Equivariant(), _Items(), None, tmp_path, progress=False))
     stage = level_stage_of(recipe.describe()["stages"])

@@ -13,7 +13,8 @@ from compressor.quant.precision import precision_overrides
 from compressor.recipes import spectral
 from compressor.recipes.base import Recipe, RecipeContext, calibration_batches, example_input
 from compressor.recipes.level import (
-    augmented, check_output_bits, fit_level_stage, output_peaks, output_rules, pin_io_ranges, stage_records,
+    PTQ_CLIP_AUG, augmented, check_output_bits, clip_augmented, clip_share, fit_level_stage, output_peaks,
+    output_rules, pin_io_ranges, stage_records,
 )
 from compressor.stages.level_model import at_level
 
@@ -35,10 +36,9 @@ class PTQConfig(JsonConfig):
     # vanilla QAT -0.54 -> -0.48 dB against float; demo split +0.06 -> +0.16 / +0.08 -> +0.20 (README 'Level')
     tilt_aug: bool = True
     # share of the items driven 0-12 dB past full scale and hard-clipped, as an ADC clips loud speech
-    # (data/augment.py ClipAugmented); off by default: PTQ with 0.25 read -0.45 -> +0.04 dB at -10 dBFS and
-    # brown noise -1.03 -> -0.11 on the robustness set (-10 and -30 dBFS, simulation), but the demo split
-    # -0.12 -> -0.27 (benchmarks/results/level/clip_aug/)
-    clip_aug: float = 0.0
+    # (data/augment.py ClipAugmented); None: PTQ_CLIP_AUG (0.25) behind a level stage the model got, else 0
+    # (recipes/level.py says what it buys and costs)
+    clip_aug: float | None = None
     # The model's output at 16 bits (int16 audio out of the file) behind the level stage: its grid spans the
     # stage's target peak, too coarse at 8 bits for a quiet estimate (recipes/level.py output_rules).
     output_bits: int = 16
@@ -67,10 +67,15 @@ class PTQ(Recipe):
     def run(self, ctx: RecipeContext) -> nn.Module:
         cfg = self.config
         train_set = augmented(ctx.train_set, cfg)
-        example = example_input(train_set)
-        split = spectral.split_of(ctx.float_model, example, cfg.quant_config().substitutions)  # a spectral model: only the core is quantized
         batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
         stage = fit_level_stage(batches, cfg.level_stage, ctx.float_model)
+        share = clip_share(cfg.clip_aug, stage, PTQ_CLIP_AUG)
+        if share > 0:  # clipped items once the model has a stage; its target peak is fit on them too
+            train_set = clip_augmented(train_set, share, cfg.seed)
+            batches = list(calibration_batches(train_set, cfg.calib_batches, cfg.batch_size, cfg.seed))
+            stage = fit_level_stage(batches, stage is not None)
+        example = example_input(train_set)
+        split = spectral.split_of(ctx.float_model, example, cfg.quant_config().substitutions)  # a spectral model: only the core is quantized
         # the 16-bit output only behind a stage the model got (not one refused for a non-equivariant model)
         qmodel = quantize(*spectral.to_quantize(ctx.float_model, example, split),
                           cfg.quant_config(audio_output=split is None and stage is not None))

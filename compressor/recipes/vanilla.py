@@ -59,9 +59,8 @@ class QATConfig(JsonConfig):
     # vanilla QAT -0.54 -> -0.48 dB against float; demo split +0.06 -> +0.16 / +0.08 -> +0.20 (README 'Level')
     tilt_aug: bool = True
     # share of the items driven 0-12 dB past full scale and hard-clipped, as an ADC clips loud speech
-    # (data/augment.py ClipAugmented); off by default: PTQ with 0.25 read -0.45 -> +0.04 dB at -10 dBFS and
-    # brown noise -1.03 -> -0.11 on the robustness set (-10 and -30 dBFS, simulation), but the demo split
-    # -0.12 -> -0.27 (benchmarks/results/level/clip_aug/)
+    # (data/augment.py ClipAugmented); off for QAT (PTQ's default is 0.25, recipes/level.py PTQ_CLIP_AUG): one
+    # 300-step vanilla run with 0.25 read -0.07 on the demo split against +0.15 without, robustness not measured
     clip_aug: float = 0.0
     # The model's output at 16 bits (int16 audio out of the file) behind the level stage (see PTQConfig).
     output_bits: int = 16
@@ -101,7 +100,7 @@ def prepare_qat_model(ctx: RecipeContext, config: QATConfig, stage: LevelStage |
 
 def level_setup(ctx: RecipeContext, config: QATConfig) -> tuple[RecipeContext, LevelStage | None]:
     """The context with the augmented training set, and the level stage fitted on its calibration batches."""
-    ctx = dataclasses.replace(ctx, train_set=augmented(ctx.train_set, config))
+    ctx = dataclasses.replace(ctx, train_set=augmented(ctx.train_set, config, config.clip_aug))
     batches = calibration_batches(ctx.train_set, config.calib_batches, config.batch_size, config.seed)
     return ctx, fit_level_stage(batches, config.level_stage, ctx.float_model)
 
