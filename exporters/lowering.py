@@ -213,7 +213,9 @@ class _Lowerer:
             else:
                 (gi, h0, w, b, reverse), c0 = node.args, None
             hidden = int(get_attr_value(self.gm, _strip_quantizer(w).target).shape[1])
-            ops = _GraphOps(self.graph, module.quantizer_names)
+            ops = _GraphOps(self.graph, module.quantizer_names,
+                            lambda name, names=module.quantizer_names: _activation_qparams(
+                                self.gm.get_submodule(f"{QUANTIZER_ROOT}.{names[name]}")))
             with self.graph.inserting_before(node):
                 zeros = self.constant(torch.zeros(module.batch, hidden), "state0")
                 zeros.meta["val"] = torch.empty(module.batch, hidden, device="meta")
@@ -965,9 +967,11 @@ class _GraphOps:
 
     Every node gets a shape-only ``val`` so later passes see [batch, features] tensors."""
 
-    def __init__(self, graph: fx.Graph, quantizer_names: dict[str, str]) -> None:
+    def __init__(self, graph: fx.Graph, quantizer_names: dict[str, str],
+                 qparams_of: Any = None) -> None:
         self.graph = graph
         self.names = quantizer_names
+        self.qparams_of = qparams_of  # cell quantizer name -> TensorQParams
 
     @staticmethod
     def _shaped(node: fx.Node, shape: Sequence[int]) -> fx.Node:
@@ -1007,6 +1011,25 @@ class _GraphOps:
     def gate(self, x, index: int, size: int):
         node = self.graph.call_function(aten.slice.Tensor, (x, 1, index * size, (index + 1) * size))
         return self._shaped(node, [_meta_val(x).shape[0], size])
+
+    def split(self, x, size: int) -> list[fx.Node]:
+        """``x`` [B, n * size] as n gates: one Split node in ONNX instead of a Slice each (LiteRT's converter
+        writes SLICEs either way). Only for a tensor all of whose gates are read."""
+        batch, total = _meta_val(x).shape[0], _meta_val(x).shape[1]
+        node = self.graph.call_function(aten.split.Tensor, (x, size, 1))
+        node.meta["val"] = [torch.empty(batch, size, device="meta") for _ in range(total // size)]
+        return [self._shaped(self.graph.call_function(operator.getitem, (node, k)), [batch, size])
+                for k in range(total // size)]
+
+    def sigmoid_gates(self, x, indices: tuple[int, ...], names: tuple[str, ...], size: int) -> list:
+        """One sigmoid over all of ``x`` where the gates' quantizers are one grid (the sigmoid's fixed grid
+        unless a precision rule made them differ): the same integers elementwise, one op instead of three."""
+        grids = {self.qparams_of(name) for name in names} if self.qparams_of is not None else set()
+        if len(grids) != 1:
+            return [self.q(name, self.sigmoid(self.gate(x, index, size))) for index, name in zip(indices, names)]
+        # an unrolled cell is hundreds of small ops, and their count decides its time in both runtimes
+        parts = self.split(self.q(names[0], self.sigmoid(x)), size)
+        return [parts[index] for index in indices]
 
 
 __all__ = ["LoweredModel", "TensorQParams", "lower"]

@@ -57,13 +57,16 @@ class EagerOps:
     def gate(self, x, index: int, size: int):
         return x[..., index * size:(index + 1) * size]
 
+    def sigmoid_gates(self, x, indices: tuple[int, ...], names: tuple[str, ...], size: int) -> list:
+        """sigmoid of gates ``indices`` of ``x``, each on its quantizer ``names``."""
+        return [self.q(name, self.sigmoid(self.gate(x, index, size))) for index, name in zip(indices, names)]
+
 
 def gru_step(ops: Any, gi: Any, h: Any, w: Any, b: Any, hidden: int) -> Any:
     """h' for input-side pre-activations ``gi`` [B, 3H] (r, z, n) and state ``h`` [B, H]."""
     gh = ops.q("gh", ops.linear(h, w, b))
     rz = ops.q("rz_in", ops.add(ops.gate(gi, 0, 2 * hidden), ops.gate(gh, 0, 2 * hidden)))
-    r = ops.q("r", ops.sigmoid(ops.gate(rz, 0, hidden)))
-    z = ops.q("z", ops.sigmoid(ops.gate(rz, 1, hidden)))
+    r, z = ops.sigmoid_gates(rz, (0, 1), ("r", "z"), hidden)
     r_gh = ops.q("r_gh", ops.mul(r, ops.gate(gh, 2, hidden)))
     n = ops.q("n", ops.tanh(ops.q("n_in", ops.add(ops.gate(gi, 2, hidden), r_gh))))
     update = ops.q("z_h_minus_n", ops.mul(z, ops.q("h_minus_n", ops.sub(h, n))))
@@ -74,10 +77,8 @@ def lstm_step(ops: Any, gi: Any, h: Any, c: Any, w: Any, b: Any, hidden: int) ->
     """(h', c') for input-side pre-activations ``gi`` [B, 4H] (i, f, g, o) and states ``h``, ``c`` [B, H]."""
     gh = ops.q("gh", ops.linear(h, w, b))
     gates = ops.q("gates_in", ops.add(gi, gh))
-    i = ops.q("i", ops.sigmoid(ops.gate(gates, 0, hidden)))
-    f = ops.q("f", ops.sigmoid(ops.gate(gates, 1, hidden)))
+    i, f, o = ops.sigmoid_gates(gates, (0, 1, 3), ("i", "f", "o"), hidden)
     g = ops.q("g", ops.tanh(ops.gate(gates, 2, hidden)))
-    o = ops.q("o", ops.sigmoid(ops.gate(gates, 3, hidden)))
     c_new = ops.q("cell", ops.add(ops.q("f_c", ops.mul(f, c)), ops.q("i_g", ops.mul(i, g))))
     h_new = ops.q("state", ops.mul(o, ops.q("c_tanh", ops.tanh(c_new))))
     return h_new, c_new
