@@ -2,6 +2,7 @@
 
     python -m benchmarks.zoo_models --out benchmarks/results/zoo [--models crn_gru lstm_masker dual_path]
         [--qat-steps 200] [--chunk-seconds 0.5] [--threads 1] [--work DIR]
+    python -m benchmarks.zoo_models --out benchmarks/results/zoo --work DIR --time-only   # re-time DIR's files
 
 For each model (its float checkpoint ``examples/checkpoints/NAME_demo.pt``, trained with the command in the
 README's "Zoo" section):
@@ -224,10 +225,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qat-steps", type=int, default=200)
     parser.add_argument("--chunk-seconds", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--time-only", action="store_true",
+                        help="only measure again the size and time of the files a run left in --work (best run "
+                             "on a quiet machine; e.g. files exported again by hand) and rewrite the tables")
     args = parser.parse_args(argv)
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     previous = args.out / "zoo.json"
+    if args.time_only:
+        rows = json.loads(previous.read_text())
+        for row in rows:
+            if row["model"] in args.models:
+                for key, entry in row["files"].items():  # "tflite" -> NAME_qat.tflite, "float_onnx" -> NAME_float.onnx
+                    kind, _, target = key.rpartition("_")
+                    path = work / f"{row['model']}_{kind or 'qat'}.{target}"
+                    if "ms_per_chunk" in entry and path.is_file():
+                        entry["kib"] = round(path.stat().st_size / 1024, 1)
+                        entry["ms_per_chunk"] = _time_per_chunk(path, args.threads)
+        write_text_atomic(previous, json.dumps(rows, indent=2, default=str) + "\n")
+        write_text_atomic(args.out / "zoo.md", markdown(rows))
+        print((args.out / "zoo.md").read_text())
+        return 0
     # rows of models not measured in this run are kept, so models can be measured one at a time
     rows = [r for r in (json.loads(previous.read_text()) if previous.is_file() else []) if r["model"] not in args.models]
     for name in args.models:

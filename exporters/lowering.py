@@ -213,9 +213,12 @@ class _Lowerer:
             else:
                 (gi, h0, w, b, reverse), c0 = node.args, None
             hidden = int(get_attr_value(self.gm, _strip_quantizer(w).target).shape[1])
-            ops = _GraphOps(self.graph, module.quantizer_names,
-                            lambda name, names=module.quantizer_names: _activation_qparams(
-                                self.gm.get_submodule(f"{QUANTIZER_ROOT}.{names[name]}")))
+            # TFLite: one sigmoid over the gates (fewer ops, the same integers). Not ONNX: there the gates would
+            # reach their Muls through a Split, which onnxruntime's QDQ fusion does not look through (the Muls ran
+            # in float instead of QLinearMul), so the per-gate form stays
+            qparams_of = (lambda name, names=module.quantizer_names: _activation_qparams(
+                self.gm.get_submodule(f"{QUANTIZER_ROOT}.{names[name]}"))) if self.target == "tflite" else None
+            ops = _GraphOps(self.graph, module.quantizer_names, qparams_of)
             with self.graph.inserting_before(node):
                 zeros = self.constant(torch.zeros(module.batch, hidden), "state0")
                 zeros.meta["val"] = torch.empty(module.batch, hidden, device="meta")
@@ -1013,8 +1016,7 @@ class _GraphOps:
         return self._shaped(node, [_meta_val(x).shape[0], size])
 
     def split(self, x, size: int) -> list[fx.Node]:
-        """``x`` [B, n * size] as n gates: one Split node in ONNX instead of a Slice each (LiteRT's converter
-        writes SLICEs either way). Only for a tensor all of whose gates are read."""
+        """``x`` [B, n * size] as n gates (LiteRT's converter writes a SLICE each)."""
         batch, total = _meta_val(x).shape[0], _meta_val(x).shape[1]
         node = self.graph.call_function(aten.split.Tensor, (x, size, 1))
         node.meta["val"] = [torch.empty(batch, size, device="meta") for _ in range(total // size)]
@@ -1027,7 +1029,7 @@ class _GraphOps:
         grids = {self.qparams_of(name) for name in names} if self.qparams_of is not None else set()
         if len(grids) != 1:
             return [self.q(name, self.sigmoid(self.gate(x, index, size))) for index, name in zip(indices, names)]
-        # an unrolled cell is hundreds of small ops, and their count decides its time in both runtimes
+        # an unrolled cell is hundreds of small ops, and their count decides much of its time
         parts = self.split(self.q(names[0], self.sigmoid(x)), size)
         return [parts[index] for index in indices]
 

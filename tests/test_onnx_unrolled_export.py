@@ -47,8 +47,7 @@ def test_unrolled_lstm_file_stores_each_constant_once(tmp_path):
     model = onnx.load(str(path))
     contents = [(t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes()) for t in model.graph.initializer]
     assert len(contents) == len(set(contents))
-    # per step one sigmoid over all four gates, split once (i, f, o on the sigmoid's grid), and each tanh (g and
-    # the cell's) as an integer sigmoid: 3 Sigmoid and 1 Split per frame and direction, where 3 sigmoids of gate
-    # slices, 2 tanh and 4 Slices were
+    # the gate slices stay Slices (no Split: onnxruntime's QDQ fusion does not look through one, and the gates'
+    # Muls would run in float), each tanh runs as an integer sigmoid
     count = result.ops["count"]
-    assert "Tanh" not in count and count["Sigmoid"] == 3 * 8 * 2 and count["Split"] == 8 * 2
+    assert "Split" not in count and "Tanh" not in count and count.get("Slice", 0) >= 8 * 2 * 4
