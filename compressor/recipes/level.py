@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 #: PTQ's share of ADC-clipped calibration items behind a level stage. Paired with the default (0) over four
-#: calibration seeds (benchmarks/results/level/clip_aug/seeds.md, simulation, -10 and -30 dBFS): -10 dBFS -0.38 ->
+#: calibration seeds (benchmarks/results/level/clip_aug/seeds_*.md, simulation, -10 and -30 dBFS): -10 dBFS -0.38 ->
 #: -0.09 dB and brown noise -0.88 -> -0.34 against float on average, better in brown noise for every seed, at
 #: -0.06 dB on the demo split (-0.16 -> -0.22).
 PTQ_CLIP_AUG = 0.25
